@@ -1,0 +1,209 @@
+"""The `recsys` command: one subcommand per stage, each a thin call into tasks/.
+
+Errors the user can fix (RecsysError) print one line and exit 2; anything else prints one line
+too and exits 1. `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import RecsysError
+from tasks.params import load_params
+
+SOURCES = (
+    "movielens-100k",
+    "movielens-1m",
+    "movielens-20m",
+    "movielens-25m",
+    "movielens-latest",
+    "csv",
+    "parquet",
+    "seq",
+)
+
+
+def print_summary(title: str, summary: dict[str, Any]) -> None:
+    print(f"{title}:")
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            print(f"  {key}:")
+            for k, v in value.items():
+                print(f"    {k}: {v}")
+        else:
+            print(f"  {key}: {value}")
+
+
+def cmd_fetch(args: argparse.Namespace) -> None:
+    from tasks.movielens import fetch_movielens
+
+    path = fetch_movielens(args.dataset, Path(args.out), cache_dir=args.cache)
+    print(f"fetched {args.dataset} -> {path}")
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from tasks.ingest import ColumnMap, ingest
+
+    p = load_params(args.params).ingest
+    columns = ColumnMap(
+        user=args.user_col, item=args.item_col, time=args.time_col, rating=args.rating_col
+    )
+    summary = ingest(
+        source=args.source or p.source,
+        path=Path(args.path or p.path),
+        out_dir=Path(args.out or p.out),
+        columns=columns,
+        sep=args.sep,
+    )
+    print_summary("ingest", summary)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from tasks.synth import synthesize
+
+    summary = synthesize(
+        out_dir=Path(args.out),
+        n_users=args.users,
+        n_items=args.items,
+        n_interactions=args.interactions,
+        seed=args.seed,
+    )
+    print_summary("synth", summary)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from tasks.validate import validate
+
+    params = load_params(args.params)
+    summary = validate(
+        interim_dir=Path(args.interim or params.ingest.out),
+        out_dir=Path(args.out or params.validate.out),
+        params=params.validate,
+    )
+    print_summary("validate", summary)
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    from tasks.features import build_features
+
+    params = load_params(args.params)
+    summary = build_features(
+        interim_dir=Path(args.interim or params.ingest.out),
+        out_dir=Path(args.out or params.features.out),
+        params=params.features,
+        seed=params.seed,
+        validation_dir=None if args.skip_validation_check else Path(params.validate.out),
+    )
+    print_summary("features", summary)
+
+
+def cmd_flow_run(args: argparse.Namespace) -> None:
+    from flows.pipeline import recsys_pipeline
+
+    summary = recsys_pipeline(params_path=args.params, fetch=not args.no_fetch)
+    print_summary("pipeline", summary)
+
+
+def _add_debug(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand's --debug must not reset `recsys --debug COMMAND` to False.
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
+
+
+def _add_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recsys",
+        description="Recommender pipeline stages: ingest -> validate -> features.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], None], help_: str):
+        p = sub.add_parser(name, help=help_, description=help_)
+        _add_debug(p)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("fetch", cmd_fetch, "Download a public data set's raw files (MovieLens).")
+    p.add_argument("dataset", choices=[s for s in SOURCES if s.startswith("movielens")])
+    p.add_argument("--out", required=True, help="folder for the raw files")
+    p.add_argument("--cache", default=None, help="download cache (default: ~/.cache/recsys)")
+
+    p = add("ingest", cmd_ingest, "Read a raw source into the canonical Parquet tables.")
+    p.add_argument("--source", choices=SOURCES, help="source format (default: params.yaml)")
+    p.add_argument("--path", help="raw file or folder (default: params.yaml ingest.path)")
+    p.add_argument("--out", help="output folder (default: params.yaml ingest.out)")
+    p.add_argument("--user-col", help="csv/parquet: user id column (default: user_id)")
+    p.add_argument("--item-col", help="csv/parquet: item id column (default: item_id)")
+    p.add_argument("--time-col", help="csv/parquet: timestamp column (default: timestamp)")
+    p.add_argument("--rating-col", help="csv/parquet: rating column (optional)")
+    p.add_argument("--sep", help="csv: field delimiter (default: ,)")
+    _add_params(p)
+
+    p = add("synth", cmd_synth, "Generate synthetic interactions with sequential structure.")
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--items", type=int, default=500)
+    p.add_argument("--interactions", type=int, default=50_000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", default="data/interim", help="output folder (canonical tables)")
+
+    p = add("validate", cmd_validate, "Validate the canonical tables with Great Expectations.")
+    p.add_argument("--interim", help="input folder (default: params.yaml ingest.out)")
+    p.add_argument("--out", help="report folder (default: params.yaml validate.out)")
+    _add_params(p)
+
+    p = add("features", cmd_features, "Build id maps, splits, sequences and item features.")
+    p.add_argument("--interim", help="input folder (default: params.yaml ingest.out)")
+    p.add_argument("--out", help="output folder (default: params.yaml features.out)")
+    p.add_argument(
+        "--skip-validation-check",
+        action="store_true",
+        help="build even if the validation report does not cover these exact input files",
+    )
+    _add_params(p)
+
+    flow = sub.add_parser("flow", help="Run the Prefect flow.", description="Prefect flows.")
+    flow_sub = flow.add_subparsers(dest="flow_command", required=True, metavar="FLOW_COMMAND")
+    p = flow_sub.add_parser("run", help="Run recsys_pipeline: ingest -> validate -> features.")
+    _add_debug(p)
+    p.add_argument("--no-fetch", action="store_true", help="do not fetch MovieLens raw files")
+    p.set_defaults(func=cmd_flow_run)
+    _add_params(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RecsysError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; earlier outputs are untouched", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for the user, traceback on --debug
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

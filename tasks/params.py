@@ -1,0 +1,108 @@
+"""params.yaml read into typed config objects: the one source of parameters.
+
+Unknown or mistyped keys are errors, so a typo in params.yaml never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.errors import RecsysError
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    source: str = "movielens-100k"
+    path: str = "data/raw/ml-100k"
+    out: str = "data/interim"
+
+
+@dataclass(frozen=True)
+class DriftParams:
+    max_row_change: float = 0.5
+    max_popularity_shift: float = 0.3
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    out: str = "reports/validation"
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    timestamp_min: int = 0
+    timestamp_max_future_days: int = 1
+    min_interactions_per_user: int = 3
+    max_duplicate_fraction: float = 0.05
+    drift: DriftParams = field(default_factory=DriftParams)
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    out: str = "data/features"
+    min_user_interactions: int = 5
+    min_item_interactions: int = 5
+    max_seq_len: int = 50
+    temporal_val_fraction: float = 0.1
+    temporal_test_fraction: float = 0.1
+    year_bucket_size: int = 10
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    ingest: IngestParams = field(default_factory=IngestParams)
+    validate: ValidateParams = field(default_factory=ValidateParams)
+    features: FeaturesParams = field(default_factory=FeaturesParams)
+
+
+def _build(cls: type, data: Any, where: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise RecsysError(f"{source}: {where or 'top level'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RecsysError(f"{source}: unknown key {where + '.' if where else ''}{unknown[0]}")
+    values = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, key, source)
+        else:
+            values[name] = _coerce(hint, value, key, source)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    if isinstance(hint, types.UnionType) and value is None:
+        return None
+    base = typing.get_args(hint)[0] if isinstance(hint, types.UnionType) else hint
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise RecsysError(f"{source}: {key} must be {base.__name__}, got {value!r}")
+    return value
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read params.yaml; a missing file gives the defaults (the same values as the shipped file)."""
+    p = Path(path)
+    if not p.exists():
+        return Params()
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecsysError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    return _build(Params, data, "", str(p))
+
+
+def as_dict(params: Any) -> dict[str, Any]:
+    return dataclasses.asdict(params)
