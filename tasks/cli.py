@@ -105,8 +105,19 @@ def cmd_features(args: argparse.Namespace) -> None:
 def cmd_flow_run(args: argparse.Namespace) -> None:
     from flows.pipeline import recsys_pipeline
 
-    summary = recsys_pipeline(params_path=args.params, fetch=not args.no_fetch)
+    overrides = dict(_parse_override(item) for item in args.set)
+    summary = recsys_pipeline(params_path=args.params, overrides=overrides, fetch=not args.no_fetch)
     print_summary("pipeline", summary)
+
+
+def _parse_override(item: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as YAML, the way `dvc exp run -S` reads it."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise RecsysError(f"--set {item!r}: expected KEY=VALUE, e.g. features.max_seq_len=100")
+    return key, yaml.safe_load(value)
 
 
 def _add_debug(p: argparse.ArgumentParser) -> None:
@@ -177,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = flow_sub.add_parser("run", help="Run recsys_pipeline: ingest -> validate -> features.")
     _add_debug(p)
     p.add_argument("--no-fetch", action="store_true", help="do not fetch MovieLens raw files")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter (dotted key, as dvc exp run -S); repeatable",
+    )
     p.set_defaults(func=cmd_flow_run)
     _add_params(p)
     return parser

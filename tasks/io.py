@@ -19,6 +19,9 @@ from typing import Any
 
 import polars as pl
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def staged_dir(out_dir: str | Path) -> Iterator[Path]:
@@ -26,6 +29,7 @@ def staged_dir(out_dir: str | Path) -> Iterator[Path]:
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; outputs should look like any other folder
     try:
         yield tmp
     except BaseException:
@@ -46,6 +50,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o666 & ~_UMASK)
     try:
         yield tmp
     except BaseException:

@@ -92,15 +92,29 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     return value
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read params.yaml; a missing file gives the defaults (the same values as the shipped file)."""
+def load_params(
+    path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None
+) -> Params:
+    """Read params.yaml (defaults when it is missing) and apply dotted-key overrides.
+
+    Overrides use the same dotted names as `dvc exp run -S`, e.g. {"features.max_seq_len": 100},
+    so a Prefect run and a DVC experiment change parameters the same way.
+    """
     p = Path(path)
-    if not p.exists():
-        return Params()
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RecsysError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    data: dict[str, Any] = {}
+    if p.exists():
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise RecsysError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecsysError(f"override {key}: {part} is not a section")
+        node[leaf] = value
     return _build(Params, data, "", str(p))
 
 

@@ -1,0 +1,61 @@
+# The verbs a person types. `make demo` and `make test` set up everything on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+ML100K := data/raw/ml-100k
+
+export PATH := $(BIN):$(PATH)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: venv data demo repro flow test test-fast lint format bench bench-data clean
+
+venv: $(STAMP)
+
+# torch 2.13.0's CPU wheel is installed first where it lies on local disk (pip's find-links),
+# so no multi-GB CUDA build is downloaded; elsewhere pip picks a torch from the range in
+# pyproject.toml that suits the machine.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --no-index --no-deps torch==2.13.0 2>/dev/null \
+		|| echo "no local torch 2.13.0 wheel: pip will choose a torch for this machine"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# The raw MovieLens-100K files (GroupLens, or the copy in the recbole wheel where GroupLens
+# cannot be reached), then recorded in DVC's cache under data.dvc.
+data: $(STAMP)
+	@test -d $(ML100K) || $(BIN)/recsys fetch movielens-100k --out $(ML100K)
+	$(BIN)/dvc commit -q -f data.dvc
+
+demo: data
+	$(BIN)/recsys flow run --no-fetch
+
+repro: data
+	$(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: bench-data
+
+bench-data: $(STAMP)
+	$(BIN)/python bench/bench_data.py
+
+clean:
+	rm -rf data/interim data/features reports models artifacts
