@@ -14,18 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import RecsysError
+from tasks.ingest import SOURCES
 from tasks.params import load_params
-
-SOURCES = (
-    "movielens-100k",
-    "movielens-1m",
-    "movielens-20m",
-    "movielens-25m",
-    "movielens-latest",
-    "csv",
-    "parquet",
-    "seq",
-)
 
 
 def print_summary(title: str, summary: dict[str, Any]) -> None:
@@ -103,11 +93,12 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_flow_run(args: argparse.Namespace) -> None:
-    from flows.pipeline import recsys_pipeline
+    from flows.pipeline import recsys_pipeline, summary_markdown
 
     overrides = dict(_parse_override(item) for item in args.set)
     summary = recsys_pipeline(params_path=args.params, overrides=overrides, fetch=not args.no_fetch)
-    print_summary("pipeline", summary)
+    print(summary_markdown(summary))
+    print("(published as the Prefect artifact `data-summary`)")
 
 
 def _parse_override(item: str) -> tuple[str, object]:

@@ -1,0 +1,139 @@
+"""Data-stage benchmark: ingest + validate + features on synthetic data at growing sizes.
+
+Each stage runs as its own `recsys` process (what `dvc repro` and a user run), timed by wall
+clock, with its peak resident memory read from the kernel's rusage of that process (os.wait4).
+The synthetic raw file is generated once per size and not timed. Writes bench/results/data.json
+and bench/results/data.md.
+
+    python bench/bench_data.py                      # 1M, 5M, 25M interactions, 3 runs each
+    python bench/bench_data.py --sizes 1000000 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+STAGES = ("ingest", "validate", "features")
+
+
+def run_timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GiB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{stderr}")
+    return wall, usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+
+
+def sizes_for(n: int) -> tuple[int, int]:
+    """Users and items in the proportions of MovieLens-25M (162k users, 59k items)."""
+    return max(100, round(n * 162_541 / 25_000_095)), max(50, round(n * 59_047 / 25_000_095))
+
+
+def bench_size(n: int, repeats: int, work: Path) -> dict:
+    users, items = sizes_for(n)
+    raw = work / f"raw-{n}"
+    recsys = [sys.executable, "-m", "tasks.cli"]
+    subprocess.run(
+        [
+            *recsys,
+            "synth",
+            "--users",
+            str(users),
+            "--items",
+            str(items),
+            "--interactions",
+            str(n),
+            "--out",
+            str(raw),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["ingest"].update(
+        source="parquet", path=str(raw / "interactions.parquet"), out=str(work / "interim")
+    )
+    params["validate"]["out"] = str(work / "validation")
+    params["features"]["out"] = str(work / "features")
+    params_file = work / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    runs = {stage: [] for stage in STAGES}
+    for _ in range(repeats):
+        for stage in STAGES:
+            runs[stage].append(run_timed([*recsys, stage, "--params", str(params_file)]))
+    row = {"interactions": n, "users": users, "items": items, "repeats": repeats}
+    for stage in STAGES:
+        walls = [w for w, _ in runs[stage]]
+        row[stage] = {
+            "wall_s_median": round(statistics.median(walls), 2),
+            "wall_s_min": round(min(walls), 2),
+            "wall_s_max": round(max(walls), 2),
+            "peak_rss_gib": round(max(r for _, r in runs[stage]), 2),
+        }
+    totals = [sum(runs[s][i][0] for s in STAGES) for i in range(repeats)]
+    row["total_wall_s_median"] = round(statistics.median(totals), 2)
+    return row
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    py = platform.python_version()
+    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {py}"
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Machine: {result['machine']}. Median of {result['rows'][0]['repeats']} run(s) per size; "
+        "peak RSS is the largest of that stage's processes.",
+        "",
+        "| interactions | users | items | ingest s | validate s | features s | total s "
+        "| peak RSS ingest / validate / features (GiB) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in result["rows"]:
+        rss = " / ".join(f"{r[s]['peak_rss_gib']:.2f}" for s in STAGES)
+        lines.append(
+            f"| {r['interactions']:,} | {r['users']:,} | {r['items']:,} "
+            + "".join(f"| {r[s]['wall_s_median']:.1f} " for s in STAGES)
+            + f"| {r['total_wall_s_median']:.1f} | {rss} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 25_000_000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        for n in args.sizes:
+            rows.append(bench_size(n, args.repeats, Path(tmp)))
+            print(json.dumps(rows[-1]), flush=True)
+    result = {"benchmark": "data stages", "machine": machine(), "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "data.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "data.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

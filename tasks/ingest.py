@@ -1,0 +1,377 @@
+"""The ingest stage: a named raw source in, the canonical tables of tasks/schema.py out.
+
+Every problem with the input becomes a one-line RecsysError that names the file, because the
+person running `recsys ingest` can fix a file but should not have to read a Polars traceback.
+Rows keep their source order: the features stage breaks timestamp ties by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tasks.errors import RecsysError
+from tasks.io import staged_dir, write_parquet
+from tasks.schema import (
+    INTERACTIONS_FILE,
+    ITEMS_FILE,
+    USER_ID,
+    USERS_FILE,
+    conform_interactions,
+    conform_items,
+)
+
+MOVIELENS_SOURCES = (
+    "movielens-100k",
+    "movielens-1m",
+    "movielens-20m",
+    "movielens-25m",
+    "movielens-latest",
+)
+SOURCES = (*MOVIELENS_SOURCES, "csv", "parquet", "seq")
+SUFFIXES = {"csv": (".csv", ".tsv"), "parquet": (".parquet", ".pq"), "seq": (".txt",)}
+# Delimiters worth suggesting when a CSV header comes back as one column.
+LIKELY_SEPARATORS = (";", "\t", "|", ",")
+TIMESTAMP_FORMS = "integer epoch seconds or a date/time"
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Source column names for csv/parquet; None means the canonical name (user_id ...).
+
+    rating is optional: a missing `rating` column gives null ratings, unless a rating column was
+    named explicitly, in which case its absence is an error.
+    """
+
+    user: str | None = None
+    item: str | None = None
+    time: str | None = None
+    rating: str | None = None
+
+
+@dataclass(frozen=True)
+class Tables:
+    """What a reader found: interactions always, items and users where the source has them."""
+
+    interactions: pl.DataFrame
+    items: pl.DataFrame | None = None
+    users: pl.DataFrame | None = None
+
+
+def ingest(
+    source: str,
+    path: Path,
+    out_dir: Path,
+    columns: ColumnMap | None = None,
+    sep: str | None = None,
+) -> dict[str, Any]:
+    """Read `path` as `source` and replace `out_dir` with the canonical tables, all or nothing."""
+    path, out_dir = Path(path), Path(out_dir)
+    columns = columns or ColumnMap()
+    _check_options(source, columns, sep)
+    if not path.exists():
+        raise RecsysError(f"{path}: no such file or folder")
+    tables = _read(source, path, columns, sep)
+    interactions = conform_interactions(tables.interactions)
+    if interactions.height == 0:
+        raise RecsysError(f"{path}: no interactions found")
+    outputs = {INTERACTIONS_FILE: interactions}
+    if tables.items is not None:
+        outputs[ITEMS_FILE] = conform_items(tables.items)
+    if tables.users is not None:
+        outputs[USERS_FILE] = tables.users.with_columns(pl.col(USER_ID).cast(pl.String))
+    with staged_dir(out_dir) as tmp:
+        for name, frame in outputs.items():
+            write_parquet(frame, tmp / name)
+    return {
+        "source": source,
+        "path": str(path),
+        "out": str(out_dir),
+        "rows": interactions.height,
+        "users": interactions["user_id"].drop_nulls().n_unique(),
+        "items": interactions["item_id"].drop_nulls().n_unique(),
+        "files": list(outputs),
+    }
+
+
+def _check_options(source: str, columns: ColumnMap, sep: str | None) -> None:
+    """Refuse options the source would silently ignore."""
+    if source not in SOURCES:
+        raise RecsysError(f"unknown source {source!r}; valid sources: {', '.join(SOURCES)}")
+    if columns != ColumnMap() and source not in ("csv", "parquet"):
+        raise RecsysError(f"column names (--user-col ...) apply to csv and parquet, not {source}")
+    if sep is not None and source != "csv":
+        raise RecsysError(f"--sep applies to csv, not {source}")
+
+
+def _read(source: str, path: Path, columns: ColumnMap, sep: str | None) -> Tables:
+    if source in MOVIELENS_SOURCES:
+        # Imported here: tasks.movielens builds on this module's reading helpers.
+        from tasks.movielens import read_movielens
+
+        return read_movielens(source, path)
+    file = _single_file(path, source)
+    if source == "csv":
+        return read_csv_source(file, columns, sep)
+    if source == "parquet":
+        return read_parquet_source(file, columns)
+    return read_seq(file)
+
+
+def _single_file(path: Path, source: str) -> Path:
+    """A folder is accepted only when exactly one file in it can be meant."""
+    if not path.is_dir():
+        return path
+    suffixes = SUFFIXES[source]
+    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found) or "none"
+        raise RecsysError(
+            f"{path}: is a folder with {len(found)} {'/'.join(suffixes)} files ({names}); "
+            f"pass the {source} file itself"
+        )
+    return found[0]
+
+
+# ---- reading helpers shared with tasks.movielens -------------------------------------------
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def reading(file: Path) -> Iterator[None]:
+    """Turn a library's error while reading `file` into one line that names it."""
+    try:
+        yield
+    except RecsysError:
+        raise
+    except zipfile.BadZipFile as exc:
+        raise RecsysError(f"{file}: not a valid zip file (truncated or corrupt?)") from exc
+    except UnicodeDecodeError as exc:
+        raise RecsysError(
+            f"{file}: not valid {exc.encoding} text (byte {exc.start}: {first_line(exc)})"
+        ) from exc
+    except (pl.exceptions.PolarsError, OSError, EOFError, zlib.error) as exc:
+        raise RecsysError(f"{file}: cannot read: {first_line(exc)}") from exc
+
+
+def require_file(file: Path) -> Path:
+    if not file.is_file():
+        raise RecsysError(f"{file}: no such file")
+    if file.stat().st_size == 0:
+        raise RecsysError(f"{file}: file is empty")
+    return file
+
+
+def read_text(file: Path, encoding: str = "utf-8") -> str:
+    require_file(file)
+    with reading(file):
+        text = file.read_bytes().decode(encoding)
+    if not text.strip():
+        raise RecsysError(f"{file}: file is empty")
+    return text
+
+
+def read_delimited(
+    file: Path, sep: str, names: list[str] | None = None, encoding: str = "utf-8"
+) -> pl.DataFrame:
+    """Read delimited text as String columns, with a header row when `names` is None.
+
+    Strings first so that ids keep their exact spelling ("007" stays "007"); callers cast the
+    rest. `sep` may be longer than one character (MovieLens-1M's `::`).
+    """
+    text = read_text(file, encoding)
+    if names is not None:
+        line = text.split("\n", 1)[0].rstrip("\r")
+        fields = line.count(sep) + 1
+        if fields != len(names):
+            raise RecsysError(
+                f"{file}: expected {len(names)} fields separated by {sep!r}, "
+                f"found {fields} in line 1: {line[:80]!r}"
+            )
+    if len(sep) > 1:
+        text, sep = text.replace(sep, "\x1f"), "\x1f"
+    with reading(file):
+        return pl.read_csv(
+            text.encode(),
+            separator=sep,
+            has_header=names is None,
+            new_columns=names,
+            infer_schema=False,
+            quote_char=None,
+        )
+
+
+def check_columns(file: Path, found: list[str], needed: list[str], hint: str = "") -> None:
+    missing = [name for name in needed if name not in found]
+    if missing:
+        shown = ", ".join(repr(name) for name in found[:20]) + (" ..." if len(found) > 20 else "")
+        raise RecsysError(
+            f"{file}: missing column(s) {', '.join(missing)}; columns found: {shown}{hint}"
+        )
+
+
+# ---- generic sources: csv, parquet, seq ----------------------------------------------------
+
+
+def read_csv_source(file: Path, columns: ColumnMap, sep: str | None = None) -> Tables:
+    sep = _separator(sep)
+    require_file(file)
+    frame = pl.scan_csv(file, separator=sep, infer_schema=False)
+    with reading(file):
+        found = frame.collect_schema().names()
+    names = _source_names(columns, found)
+    check_columns(file, found, list(names.values()), _separator_hint(found, sep))
+    with reading(file):
+        raw = frame.select(pl.col(src).alias(name) for name, src in names.items()).collect()
+    return Tables(_parse_interactions(raw, file, names))
+
+
+def read_parquet_source(file: Path, columns: ColumnMap) -> Tables:
+    require_file(file)
+    frame = pl.scan_parquet(file)
+    with reading(file):
+        found = frame.collect_schema().names()
+    names = _source_names(columns, found)
+    check_columns(file, found, list(names.values()))
+    with reading(file):
+        raw = frame.select(pl.col(src).alias(name) for name, src in names.items()).collect()
+    return Tables(_parse_interactions(raw, file, names))
+
+
+def read_seq(file: Path) -> Tables:
+    """`user item [item ...]` per line, whitespace-separated, lines and items in time order.
+
+    The format has no timestamps, so each interaction gets its global position (from 0):
+    monotone within every user, which is all the later stages need.
+    """
+    text = read_text(file)
+    lines = pl.DataFrame({"line": text.splitlines()}).with_row_index("line_no", offset=1)
+    tokens = lines.with_columns(tokens=pl.col("line").str.extract_all(r"\S+")).filter(
+        pl.col("tokens").list.len() > 0
+    )
+    lonely = tokens.filter(pl.col("tokens").list.len() == 1)
+    if lonely.height:
+        row = lonely.row(0, named=True)
+        raise RecsysError(
+            f"{file}: line {row['line_no']} has a user but no item ({row['line'][:80]!r}); "
+            "expected 'user item [item ...]' per line"
+        )
+    interactions = (
+        tokens.select(user_id=pl.col("tokens").list.first(), item_id=pl.col("tokens").list.slice(1))
+        .explode("item_id")
+        .with_row_index("timestamp")
+        .with_columns(pl.col("timestamp").cast(pl.Int64), rating=pl.lit(None, pl.Float64))
+    )
+    return Tables(conform_interactions(interactions))
+
+
+def _separator(sep: str | None) -> str:
+    if sep is None:
+        return ","
+    if sep in ("\\t", "tab"):
+        return "\t"
+    if len(sep) != 1:
+        raise RecsysError(f"--sep must be one character (or '\\t'), got {sep!r}")
+    return sep
+
+
+def _separator_hint(found: list[str], sep: str) -> str:
+    if len(found) != 1:
+        return ""
+    for candidate in LIKELY_SEPARATORS:
+        if candidate != sep and candidate in found[0]:
+            shown = "\\t" if candidate == "\t" else candidate
+            return f"; the header looks {shown!r}-separated: try --sep '{shown}'"
+    return ""
+
+
+def _source_names(columns: ColumnMap, found: list[str]) -> dict[str, str]:
+    """Canonical name -> source column; rating only where the source has it or it was named."""
+    names = {
+        "user_id": columns.user or "user_id",
+        "item_id": columns.item or "item_id",
+        "timestamp": columns.time or "timestamp",
+    }
+    rating = columns.rating or "rating"
+    if columns.rating is not None or rating in found:
+        names["rating"] = rating
+    return names
+
+
+def _parse_interactions(raw: pl.DataFrame, file: Path, names: dict[str, str]) -> pl.DataFrame:
+    """Canonical types; null ids pass through for the validate stage to report."""
+    rating = (
+        to_float(raw["rating"], file, names["rating"])
+        if "rating" in names
+        else pl.lit(None, pl.Float64)
+    )
+    parsed = raw.with_columns(
+        timestamp=to_epoch_seconds(raw["timestamp"], file, names["timestamp"]), rating=rating
+    )
+    return conform_interactions(parsed)
+
+
+def to_epoch_seconds(values: pl.Series, file: Path, column: str) -> pl.Series:
+    """Integer epoch seconds from integers, dates, datetimes or their text forms.
+
+    Text is read as integers when the first value is one, else as dates/times (naive ones as
+    UTC); a value that does not fit the chosen reading is an error, never a silent null.
+    """
+    dtype = values.dtype
+    if dtype.is_integer():
+        return values.cast(pl.Int64)
+    if isinstance(dtype, pl.Datetime) or dtype == pl.Date:
+        return values.dt.epoch("s")
+    if dtype.is_float():
+        whole = values.is_finite() & (values == values.floor())
+        parsed = pl.select(pl.when(whole).then(values.cast(pl.Int64, strict=False))).to_series()
+        _check_parsed(values, parsed, file, column, TIMESTAMP_FORMS)
+        return parsed
+    if dtype == pl.String:
+        text = values.str.strip_chars()
+        if text.drop_nulls().head(1).cast(pl.Int64, strict=False).null_count() == 0:
+            parsed = text.cast(pl.Int64, strict=False)
+        else:
+            parsed = _parse_datetimes(text)
+        _check_parsed(values, parsed, file, column, TIMESTAMP_FORMS)
+        return parsed
+    raise RecsysError(f"{file}: column {column!r} has type {dtype}; expected {TIMESTAMP_FORMS}")
+
+
+def _parse_datetimes(text: pl.Series) -> pl.Series:
+    try:
+        return text.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
+    except pl.exceptions.ComputeError:  # no date/time format fits the first value
+        return pl.Series(text.name, [None] * len(text), dtype=pl.Int64)
+
+
+def to_float(values: pl.Series, file: Path, column: str) -> pl.Series:
+    if values.dtype.is_numeric():
+        return values.cast(pl.Float64)
+    if values.dtype == pl.String:
+        parsed = values.str.strip_chars().cast(pl.Float64, strict=False)
+        _check_parsed(values, parsed, file, column, "numbers")
+        return parsed
+    raise RecsysError(f"{file}: column {column!r} has type {values.dtype}; expected numbers")
+
+
+def _check_parsed(
+    raw: pl.Series, parsed: pl.Series, file: Path, column: str, expected: str
+) -> None:
+    bad = raw.filter(raw.is_not_null() & parsed.is_null())
+    if bad.len():
+        raise RecsysError(
+            f"{file}: column {column!r} has {bad.len()} value(s) that are not {expected}, "
+            f"e.g. {bad[0]!r}"
+        )

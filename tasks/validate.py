@@ -1,0 +1,519 @@
+"""Validate stage: check the canonical tables with Great Expectations before anything trusts them.
+
+Scale is the design constraint (25M interactions on 2 cores): Great Expectations evaluates the
+column checks over the raw rows (nulls, ranges) on an Arrow-backed pandas view, while everything
+that needs grouping (per-user counts, item membership, duplicates, drift) is aggregated in Polars
+first and handed to Great Expectations as small derived frames. Every verdict still comes from a
+Great Expectations expectation, so the Data Docs show every check that decided the run.
+
+The previous successful run's item-popularity profile is kept in the report folder; the drift
+check compares against it, and only a successful validation replaces it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+
+from tasks import schema
+from tasks.errors import RecsysError, ValidationFailed
+from tasks.io import dir_hashes, staged_dir, write_json, write_parquet
+from tasks.params import ValidateParams
+
+# Before the import: the variable is read when Great Expectations starts.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+import great_expectations as gx  # noqa: E402
+from great_expectations import expectations as gxe  # noqa: E402
+from great_expectations.data_context.types.base import (  # noqa: E402
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+REFERENCE_FILE = "reference_profile.parquet"
+SUMMARY_FILE = "summary.json"
+DOCS_DIR = "data_docs"
+DAY_SECONDS = 86_400
+MAX_EXAMPLES = 5
+# Asks GX for counts, a sample of failing values and their row positions, not every failing row.
+RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
+
+
+@dataclass
+class Batch:
+    """One frame for Great Expectations and the expectations it must meet."""
+
+    name: str  # the suite's name in the Data Docs (and a file name there: no spaces)
+    source: str  # the input file the failure lines name
+    frame: pd.DataFrame
+    expectations: list[gxe.Expectation]
+    unit: str | None = None  # what one row is ("rows", "users", "items"); None: a one-row frame
+    id_column: str | None = None  # shown as the example of a failing row
+
+
+@dataclass
+class Outcome:
+    """One evaluated expectation, as summary.json and the error lines report it."""
+
+    source: str
+    table: str
+    expectation: str
+    column: str | None
+    bounds: str
+    success: bool
+    unexpected_count: int
+    examples: list[Any]
+    unit: str | None
+    error: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "expectation": self.expectation,
+            "column": self.column,
+            "success": self.success,
+            "unexpected_count": self.unexpected_count,
+            "examples": self.examples,
+        }
+
+    def line(self) -> str:
+        head = " ".join(p for p in (self.column, self.expectation, self.bounds) if p)
+        shown = ", ".join(str(round(e, 4) if isinstance(e, float) else e) for e in self.examples)
+        if self.error:
+            detail = f"error: {self.error}"
+        elif self.unit is None:
+            detail = f"got {shown}"
+        else:
+            detail = f"{self.unexpected_count} {self.unit}" + (f", e.g. {shown}" if shown else "")
+        return f"{self.source}: {head}: {detail}"
+
+
+def validate(interim_dir: Path, out_dir: Path, params: ValidateParams) -> dict[str, Any]:
+    """Validate interim_dir's tables, write the report to out_dir, raise if any check failed."""
+    interim_dir, out_dir = Path(interim_dir), Path(out_dir)
+    paths = _input_paths(interim_dir)
+    reference = _read_reference(out_dir / REFERENCE_FILE)
+    hashes = dir_hashes(interim_dir)
+
+    batches, usable = _schema_batches(paths)
+    figures: dict[str, Any] = dict.fromkeys(
+        ("rows", "users", "items", "duplicates", "duplicate_fraction")
+    )
+    drift = None
+    profile = None
+    if usable[schema.INTERACTIONS_FILE]:
+        df = _read_parquet(paths[schema.INTERACTIONS_FILE], pl.read_parquet)
+        user_counts, profile = _counts(df, "user_id"), _counts(df, "item_id")
+        duplicates = _count_duplicates(df)
+        figures = {
+            "rows": df.height,
+            "users": user_counts.height,
+            "items": profile.height,
+            "duplicates": duplicates,
+            "duplicate_fraction": duplicates / df.height if df.height else 0.0,
+        }
+        if reference is not None:
+            drift = _drift(reference, profile, df.height, params)
+        batches.append(_row_batch(df, params))
+        del df  # the pandas view above holds what the row checks need
+        items_path = paths[schema.ITEMS_FILE] if usable.get(schema.ITEMS_FILE) else None
+        batches += _aggregate_batches(user_counts, profile, items_path, figures, drift, params)
+
+    with staged_dir(out_dir) as stage:
+        outcomes = _run_great_expectations(batches, stage / DOCS_DIR)
+        success = all(o.success for o in outcomes)
+        if drift is not None:
+            drift["success"] = all(o.success for o in outcomes if o.table == "drift")
+        summary = {
+            "success": success,
+            "input_hashes": hashes,
+            **figures,
+            "expectations": [o.record() for o in outcomes],
+            "drift": drift,
+            "data_docs": str(out_dir / DOCS_DIR / "index.html"),
+        }
+        write_json(summary, stage / SUMMARY_FILE)
+        _keep_reference(stage / REFERENCE_FILE, profile if success else None, out_dir)
+
+    failed = [o.line() for o in outcomes if not o.success]
+    if failed:
+        raise ValidationFailed(f"{interim_dir} (report: {out_dir / SUMMARY_FILE})", failed)
+    return {
+        **figures,
+        "expectations": f"{len(outcomes)} evaluated, 0 failed",
+        "drift": _drift_brief(drift),
+        "data_docs": summary["data_docs"],
+    }
+
+
+def _input_paths(interim_dir: Path) -> dict[str, Path]:
+    interactions = interim_dir / schema.INTERACTIONS_FILE
+    if not interactions.is_file():
+        raise RecsysError(f"{interactions}: not found (run the ingest stage first)")
+    names = (schema.INTERACTIONS_FILE, schema.ITEMS_FILE, schema.USERS_FILE)
+    return {name: interim_dir / name for name in names if (interim_dir / name).is_file()}
+
+
+def _read_parquet(path: Path, reader: Callable[[Path], Any]) -> Any:
+    """Turn a corrupt or unreadable file into one line naming it, not a Polars traceback."""
+    try:
+        return reader(path)
+    except (pl.exceptions.PolarsError, OSError, pa.ArrowException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecsysError(f"{path}: not a readable Parquet file ({first})") from exc
+
+
+# --- the frames Great Expectations validates -------------------------------------------------
+
+
+def _schema_batches(paths: dict[str, Path]) -> tuple[list[Batch], dict[str, bool]]:
+    """One-row frames of dtype names, so the types are checked exactly (Int32 is not Int64).
+
+    Also says which files have the columns and types the data checks rely on: those checks
+    run only on such files (the interactions need exactly the canonical columns; the item and
+    user tables may carry more).
+    """
+    wanted = {
+        schema.INTERACTIONS_FILE: (schema.INTERACTIONS, True),
+        schema.ITEMS_FILE: (schema.ITEMS, False),
+        schema.USERS_FILE: ({schema.USER_ID: pl.String}, False),
+    }
+    batches, usable = [], {}
+    for name, path in paths.items():
+        expected, exact = wanted[name]
+        found = dict(_read_parquet(path, pl.read_parquet_schema))
+        batches.append(_schema_batch(name, found, expected, exact))
+        typed = all(found.get(col) == dtype for col, dtype in expected.items())
+        usable[name] = typed and (set(found) == set(expected) or not exact)
+    return batches, usable
+
+
+def _schema_batch(name: str, found: dict, expected: dict, exact: bool) -> Batch:
+    frame = pd.DataFrame({col: [str(dtype)] for col, dtype in found.items()})
+    checks: list[gxe.Expectation] = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(expected), exact_match=exact)
+    ]
+    checks += [
+        gxe.ExpectColumnValuesToBeInSet(
+            column=col, value_set=[str(dtype)], notes="the column's Parquet/Polars type"
+        )
+        for col, dtype in expected.items()
+        if col in found
+    ]
+    return Batch(f"{Path(name).stem}_schema", name, frame, checks)
+
+
+def _aggregate_batches(
+    user_counts: pl.DataFrame,
+    profile: pl.DataFrame,
+    items_path: Path | None,
+    figures: dict[str, Any],
+    drift: dict[str, Any] | None,
+    params: ValidateParams,
+) -> list[Batch]:
+    batches = [_user_batch(user_counts, params)]
+    if items_path is not None:
+        batches.append(_membership_batch(profile, items_path))
+    batches.append(_duplicates_batch(figures, params))
+    if drift is not None:
+        batches.append(_drift_batch(drift))
+    return batches
+
+
+def _row_batch(df: pl.DataFrame, params: ValidateParams) -> Batch:
+    latest = int(time.time()) + params.timestamp_max_future_days * DAY_SECONDS
+    checks = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="timestamp"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="timestamp",
+            min_value=params.timestamp_min,
+            max_value=latest,
+            notes=f"latest allowed: now + {params.timestamp_max_future_days} day(s)",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="rating",
+            min_value=params.rating_min,
+            max_value=params.rating_max,
+            notes="nulls are allowed (implicit feedback)",
+        ),
+    ]
+    return Batch("interactions", schema.INTERACTIONS_FILE, _pandas_view(df), checks, unit="rows")
+
+
+def _pandas_view(df: pl.DataFrame) -> pd.DataFrame:
+    """Strings stay Arrow-backed (no Python objects); numbers become numpy columns because GX
+    compares numpy columns vectorised but maps a Python function over every Arrow-backed value.
+    """
+    return df.to_arrow().to_pandas(types_mapper=_arrow_strings, split_blocks=True)
+
+
+def _arrow_strings(dtype: pa.DataType) -> pd.ArrowDtype | None:
+    textual = pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+    return pd.ArrowDtype(dtype) if textual or pa.types.is_string_view(dtype) else None
+
+
+def _counts(df: pl.DataFrame, key: str) -> pl.DataFrame:
+    """Interactions per user or per item (Int64: GX compares numpy int64 vectorised, not uint32).
+
+    The item counts are also the popularity profile that drift compares and the next run keeps.
+    """
+    return (
+        df.lazy()
+        .filter(pl.col(key).is_not_null())
+        .group_by(key)
+        .agg(pl.len().cast(pl.Int64).alias("interactions"))
+        .sort(key)
+        .collect()
+    )
+
+
+def _count_duplicates(df: pl.DataFrame) -> int:
+    """Exact duplicate rows, without a row-wise unique over the whole table (slow at 25M rows).
+
+    Equal rows have equal hashes, so only rows whose hash repeats are compared value by value;
+    a hash collision is never counted as a duplicate.
+    """
+    row_hash = pl.struct(pl.all()).hash()
+    hashes = df.select(row_hash)[:, 0]
+    if hashes.n_unique() == df.height:
+        return 0
+    candidates = df.filter(hashes.is_duplicated())
+    return candidates.height - candidates.n_unique()
+
+
+def _user_batch(user_counts: pl.DataFrame, params: ValidateParams) -> Batch:
+    counts = user_counts.rename({"interactions": "interactions_per_user"})
+    check = gxe.ExpectColumnValuesToBeBetween(
+        column="interactions_per_user",
+        min_value=params.min_interactions_per_user,
+        notes="one row per user; leave-one-out needs train, validation and test items",
+    )
+    frame = _pandas_view(counts)
+    return Batch(
+        "interactions_per_user", schema.INTERACTIONS_FILE, frame, [check], "users", "user_id"
+    )
+
+
+def _membership_batch(profile: pl.DataFrame, items_path: Path) -> Batch:
+    """A flag per distinct interaction item: the item table's ids never go into the suite itself
+    (a value set of every item id would bloat the suite and the Data Docs)."""
+    known = _read_parquet(items_path, lambda p: pl.read_parquet(p, columns=["item_id"]))
+    known = known.unique().with_columns(pl.lit(True).alias("in_item_table"))
+    frame = profile.join(known, on="item_id", how="left").with_columns(
+        pl.col("in_item_table").fill_null(False)
+    )
+    check = gxe.ExpectColumnValuesToBeInSet(
+        column="in_item_table",
+        value_set=[True],
+        notes=f"one row per item of the interactions: is it in {schema.ITEMS_FILE}?",
+    )
+    return Batch(
+        "interaction_items",
+        schema.INTERACTIONS_FILE,
+        _pandas_view(frame),
+        [check],
+        "items",
+        "item_id",
+    )
+
+
+def _duplicates_batch(figures: dict[str, Any], params: ValidateParams) -> Batch:
+    frame = pd.DataFrame({"duplicate_fraction": [figures["duplicate_fraction"]]})
+    check = gxe.ExpectColumnValuesToBeBetween(
+        column="duplicate_fraction",
+        min_value=0.0,
+        max_value=params.max_duplicate_fraction,
+        notes=f"{figures['duplicates']} exact duplicate rows of {figures['rows']}; "
+        "the features stage removes them",
+    )
+    return Batch("duplicates", schema.INTERACTIONS_FILE, frame, [check])
+
+
+# --- drift against the previous validated version ---------------------------------------------
+
+
+def _read_reference(path: Path) -> pl.DataFrame | None:
+    return _read_parquet(path, pl.read_parquet) if path.is_file() else None
+
+
+def _drift(
+    reference: pl.DataFrame, profile: pl.DataFrame, rows: int, params: ValidateParams
+) -> dict[str, Any]:
+    old_rows = int(reference["interactions"].sum())
+    new_total = max(int(profile["interactions"].sum()), 1)
+    both = reference.join(profile, on="item_id", how="full", coalesce=True, suffix="_new")
+    shares = both.fill_null(0).select(
+        old=pl.col("interactions") / old_rows, new=pl.col("interactions_new") / new_total
+    )
+    shift = 0.5 * float((shares["old"] - shares["new"]).abs().sum())
+    return {
+        "reference_rows": old_rows,
+        "rows": rows,
+        "row_change": abs(rows - old_rows) / old_rows,
+        "max_row_change": params.drift.max_row_change,
+        "popularity_shift": shift,
+        "max_popularity_shift": params.drift.max_popularity_shift,
+        "success": None,
+    }
+
+
+def _drift_batch(drift: dict[str, Any]) -> Batch:
+    frame = pd.DataFrame({k: [drift[k]] for k in ("row_change", "popularity_shift")})
+    checks = [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="row_change",
+            min_value=0.0,
+            max_value=drift["max_row_change"],
+            notes=f"|rows - previous rows| / previous rows; previous: {drift['reference_rows']}",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="popularity_shift",
+            min_value=0.0,
+            max_value=drift["max_popularity_shift"],
+            notes="total variation distance between the item-popularity distributions",
+        ),
+    ]
+    return Batch("drift", schema.INTERACTIONS_FILE, frame, checks)
+
+
+def _keep_reference(target: Path, profile: pl.DataFrame | None, out_dir: Path) -> None:
+    """Write the new profile after a success; otherwise carry the previous one over unchanged."""
+    if profile is not None:
+        write_parquet(profile, target)
+    elif (out_dir / REFERENCE_FILE).is_file():
+        shutil.copy2(out_dir / REFERENCE_FILE, target)
+
+
+def _drift_brief(drift: dict[str, Any] | None) -> Any:
+    if drift is None:
+        return "no previous validated version"
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in drift.items()}
+
+
+# --- running Great Expectations -----------------------------------------------------------------
+
+
+def _run_great_expectations(batches: list[Batch], docs_dir: Path) -> list[Outcome]:
+    """Validate every batch in one in-memory context and build the Data Docs into docs_dir."""
+    context = gx.get_context(mode="ephemeral", project_config=_context_config(docs_dir))
+    source = context.data_sources.add_pandas("recsys")
+    outcomes = []
+    for batch in batches:
+        asset = source.add_dataframe_asset(batch.name)
+        definition = asset.add_batch_definition_whole_dataframe(batch.name)
+        suite = context.suites.add(gx.ExpectationSuite(name=batch.name))
+        for expectation in batch.expectations:
+            suite.add_expectation(expectation)
+        run = context.validation_definitions.add(
+            gx.ValidationDefinition(name=batch.name, data=definition, suite=suite)
+        )
+        result_format = dict(RESULT_FORMAT)
+        if batch.id_column:
+            result_format["unexpected_index_column_names"] = [batch.id_column]
+        result = run.run(batch_parameters={"dataframe": batch.frame}, result_format=result_format)
+        outcomes += [_outcome(batch, r) for r in result.results]
+    context.build_data_docs()
+    return outcomes
+
+
+def _context_config(docs_dir: Path) -> DataContextConfig:
+    site = {
+        "class_name": "SiteBuilder",
+        "show_how_to_buttons": False,
+        "store_backend": {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(docs_dir.resolve()),  # GX refuses a relative one
+        },
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    }
+    return DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        data_docs_sites={"local_site": site},
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+
+
+def _outcome(batch: Batch, result: Any) -> Outcome:
+    config = result.expectation_config
+    kwargs = config.kwargs
+    info = result.exception_info or {}
+    error = info.get("exception_message") if info.get("raised_exception") else None
+    details = result.result or {}
+    return Outcome(
+        source=batch.source,
+        table=batch.name,
+        expectation=config.type,
+        column=kwargs.get("column"),
+        bounds=_bounds(kwargs),
+        success=bool(result.success) and error is None,
+        unexpected_count=int(details.get("unexpected_count") or (0 if result.success else 1)),
+        examples=[] if result.success else _examples(batch, details),
+        unit=batch.unit,
+        error=error,
+    )
+
+
+def _bounds(kwargs: dict[str, Any]) -> str:
+    if "value_set" in kwargs:
+        return str(list(kwargs["value_set"]))
+    if "column_set" in kwargs:
+        return str(sorted(kwargs["column_set"]))
+    if "min_value" in kwargs or "max_value" in kwargs:
+        return f"[{_number(kwargs.get('min_value'))}, {_number(kwargs.get('max_value'))}]"
+    return ""
+
+
+def _number(value: Any) -> Any:
+    """GX stores every bound as a float: show 1795507100, not 1795507100.0."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _examples(batch: Batch, details: dict[str, Any]) -> list[Any]:
+    """A few failing values; the row's id where a value alone would not say which row (nulls)."""
+    if "observed_value" in details:
+        return [_observed(details)]
+    if batch.id_column:
+        picks = [_row_example(row, batch.id_column) for row in _index_rows(details)]
+    elif all(pd.isna(v) for v in details.get("partial_unexpected_list", [])):
+        picks = [f"row {i}" for i in details.get("partial_unexpected_index_list", [])]
+    else:
+        picks = [_plain(v) for v in details.get("partial_unexpected_list", [])]
+    return list(dict.fromkeys(picks))[:MAX_EXAMPLES]
+
+
+def _row_example(row: dict[str, Any], id_column: str) -> str:
+    """`u7 (1)` for a count; just `i9` for a flag, where the value adds nothing."""
+    values = [_plain(v) for k, v in row.items() if k != id_column]
+    values = [v for v in values if not isinstance(v, bool)]
+    return f"{row[id_column]} ({values[0]})" if values else str(row[id_column])
+
+
+def _index_rows(details: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in details.get("partial_unexpected_index_list", []) if isinstance(r, dict)]
+
+
+def _observed(details: dict[str, Any]) -> Any:
+    mismatched = (details.get("details") or {}).get("mismatched")
+    if mismatched:
+        return "; ".join(f"{k} {sorted(v)}" for k, v in mismatched.items() if v)
+    return _plain(details["observed_value"])
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python ones, so summary.json and the lines show 7.0, not np.float64(7.0)."""
+    if pd.isna(value):
+        return None
+    return value.item() if hasattr(value, "item") else value

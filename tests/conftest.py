@@ -1,0 +1,76 @@
+"""Shared fixtures: a real Prefect server on loopback with its own PREFECT_HOME."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
+    """The environment of a process that talks to one test's Prefect server (or none)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PATH=f"{BIN}:{env.get('PATH', '')}",
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        GX_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+    )
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[str]:
+    """Start `prefect server start` on a free loopback port; yield its API URL."""
+    port = free_port()
+    home = tmp_path / "prefect-server-home"
+    log = open(tmp_path / "prefect-server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=prefect_env(home),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise RuntimeError(
+                    "prefect server did not start:\n"
+                    + (tmp_path / "prefect-server.log").read_text()
+                )
+            time.sleep(0.5)
+        yield api
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -1,0 +1,126 @@
+"""End to end: the real `recsys` CLI, `dvc repro` and the Prefect flow on small synthetic data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from tests.conftest import prefect_env
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def clean_env(tmp: Path, api_url: str | None = None) -> dict[str, str]:
+    return prefect_env(tmp / "prefect-home", api_url)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A throw-away git + DVC project with the repo's stage graph and a synthetic raw file."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for name in ("dvc.yaml", "data.dvc", ".dvcignore"):
+        shutil.copy(ROOT / name, proj / name)
+    shutil.copytree(ROOT / "tasks", proj / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["ingest"].update(source="parquet", path="data/raw/synth/interactions.parquet")
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    env = clean_env(tmp_path)
+    run(["git", "init", "-q"], proj)
+    run(["dvc", "init", "-q"], proj, env)
+    run(
+        [
+            "recsys",
+            "synth",
+            "--users",
+            "200",
+            "--items",
+            "150",
+            "--interactions",
+            "8000",
+            "--out",
+            "data/raw/synth",
+        ],
+        proj,
+        env,
+    )
+    return proj
+
+
+def test_dvc_repro_runs_the_stages_and_a_second_repro_changes_nothing(project: Path, tmp_path):
+    env = clean_env(tmp_path)
+    run(["dvc", "commit", "-q", "-f", "data.dvc"], project, env)
+    first = run(["dvc", "repro"], project, env)
+    for stage in ("ingest", "validate", "features"):
+        assert f"Running stage '{stage}'" in first.stdout
+    manifest = json.loads((project / "data/features/manifest.json").read_text())
+    assert manifest
+    summary = json.loads((project / "reports/validation/summary.json").read_text())
+    assert summary["success"] is True
+    lock = (project / "dvc.lock").read_text()
+
+    second = run(["dvc", "repro"], project, env)
+    assert "Running stage" not in second.stdout
+    assert (project / "dvc.lock").read_text() == lock
+    status = run(["dvc", "status"], project, env)
+    assert "up to date" in status.stdout
+
+
+def test_cli_chain_then_bad_raw_file_leaves_outputs_intact(project: Path, tmp_path):
+    env = clean_env(tmp_path)
+    for stage in ("ingest", "validate", "features"):
+        run(["recsys", stage], project, env)
+    outputs = [*(project / "data/interim").rglob("*"), *(project / "data/features").rglob("*")]
+    before = {p: p.read_bytes() for p in outputs if p.is_file()}
+    (project / "data/raw/synth/interactions.parquet").write_bytes(b"PAR1 not really parquet")
+    proc = run(["recsys", "ingest"], project, env, check=False)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "interactions.parquet" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert {p: p.read_bytes() for p in outputs if p.is_file()} == before
+
+
+def test_flow_run_on_a_real_server_completes_and_publishes_the_artifact(
+    project: Path, tmp_path: Path, prefect_server: str
+):
+    env = clean_env(tmp_path, api_url=prefect_server)
+    proc = run(["recsys", "flow", "run", "--no-fetch"], project, env)
+    assert "recsys pipeline: data summary" in proc.stdout  # the CLI shows the artifact
+    interactions = pl.read_parquet(project / "data/features/interactions.parquet")
+    assert interactions.height > 0
+
+    runs = api_post(prefect_server, "/flow_runs/filter", {"limit": 5})
+    assert [r["state_type"] for r in runs] == ["COMPLETED"]
+    artifacts = api_post(
+        prefect_server, "/artifacts/filter", {"artifacts": {"key": {"any_": ["data-summary"]}}}
+    )
+    assert len(artifacts) == 1 and artifacts[0]["flow_run_id"] == runs[0]["id"]
+    assert "| rows | 8000 |" in artifacts[0]["data"]
+
+
+def api_post(api: str, path: str, body: dict) -> list[dict]:
+    """The REST calls the Prefect UI makes (the 3.8 client sends nulls this server refuses)."""
+    req = urllib.request.Request(
+        api + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())

@@ -1,0 +1,251 @@
+"""The validate stage: each kind of bad data fails with a line that names it; good data passes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tasks import cli
+from tasks.errors import RecsysError, ValidationFailed
+from tasks.io import dir_hashes
+from tasks.params import ValidateParams
+from tasks.schema import INTERACTIONS
+from tasks.validate import REFERENCE_FILE, validate
+
+T0 = 1_600_000_000
+ITEMS = [f"i{k}" for k in range(6)]
+
+
+def interactions(n_users: int = 6, per_user: int = 4, items: list[str] = ITEMS) -> pl.DataFrame:
+    """Each user rates `per_user` items, cycling through `items`; no duplicates, all in range."""
+    rows = [
+        (f"u{u}", items[(u + k) % len(items)], T0 + 100 * u + k, 1.0 + (u + k) % 5)
+        for u in range(n_users)
+        for k in range(per_user)
+    ]
+    return pl.DataFrame(rows, schema=INTERACTIONS, orient="row")
+
+
+def item_table(ids: list[str] = ITEMS) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "item_id": ids,
+            "title": [f"title {i}" for i in ids],
+            "genres": [["Drama"] for _ in ids],
+            "year": pl.Series([1999] * len(ids), dtype=pl.Int32),
+        }
+    )
+
+
+def write_interim(folder: Path, df: pl.DataFrame, items: pl.DataFrame | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    df.write_parquet(folder / "interactions.parquet")
+    if items is not None:
+        items.write_parquet(folder / "items.parquet")
+    return folder
+
+
+def failure_lines(interim: Path, out: Path) -> list[str]:
+    with pytest.raises(ValidationFailed) as info:
+        validate(interim, out, ValidateParams())
+    return info.value.lines
+
+
+def only_line(lines: list[str]) -> str:
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_clean_data_passes_and_writes_the_report(tmp_path: Path) -> None:
+    interim = write_interim(tmp_path / "interim", interactions(), item_table())
+    out = tmp_path / "report"
+    result = validate(interim, out, ValidateParams())
+
+    assert (result["rows"], result["users"], result["items"], result["duplicates"]) == (24, 6, 6, 0)
+    assert result["expectations"].endswith("0 failed")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["success"] is True
+    assert summary["input_hashes"] == dir_hashes(interim)
+    assert summary["drift"] is None
+    assert all(e["success"] for e in summary["expectations"])
+    assert {"expectation", "column", "success", "unexpected_count", "examples"} <= set(
+        summary["expectations"][0]
+    )
+    assert Path(summary["data_docs"]) == out / "data_docs" / "index.html"
+    assert (out / "data_docs" / "index.html").is_file()
+    assert (out / REFERENCE_FILE).is_file()
+
+
+def test_implicit_data_with_null_ratings_passes(tmp_path: Path) -> None:
+    df = interactions().with_columns(pl.lit(None, dtype=pl.Float64).alias("rating"))
+    validate(write_interim(tmp_path / "interim", df), tmp_path / "report", ValidateParams())
+
+
+def test_missing_and_corrupt_files_name_the_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RecsysError, match="interactions.parquet: not found"):
+        validate(empty, tmp_path / "report", ValidateParams())
+    (empty / "interactions.parquet").write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(RecsysError, match="interactions.parquet: not a readable Parquet file"):
+        validate(empty, tmp_path / "report", ValidateParams())
+
+
+def test_wrong_type_fails(tmp_path: Path) -> None:
+    df = interactions().with_columns(pl.col("timestamp").cast(pl.String))
+    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
+    assert line == (
+        "interactions.parquet: timestamp expect_column_values_to_be_in_set ['Int64']: got String"
+    )
+
+
+def test_missing_and_extra_columns_fail(tmp_path: Path) -> None:
+    df = interactions().drop("rating").with_columns(pl.lit(1).alias("extra"))
+    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
+    assert line.startswith("interactions.parquet: expect_table_columns_to_match_set")
+    assert "missing ['rating']" in line and "unexpected ['extra']" in line
+
+
+def test_null_ids_fail(tmp_path: Path) -> None:
+    df = interactions().with_columns(
+        pl.when(pl.int_range(pl.len()) == 5)
+        .then(None)
+        .otherwise(pl.col("item_id"))
+        .alias("item_id")
+    )
+    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
+    assert (
+        line
+        == "interactions.parquet: item_id expect_column_values_to_not_be_null: 1 rows, e.g. row 5"
+    )
+
+
+def test_rating_out_of_range_fails(tmp_path: Path) -> None:
+    df = interactions()
+    df = df.with_columns(pl.Series("rating", [7.0, -1.0] + df["rating"].to_list()[2:]))
+    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
+    assert line == (
+        "interactions.parquet: rating expect_column_values_to_be_between [0.5, 5]: "
+        "2 rows, e.g. 7.0, -1.0"
+    )
+
+
+@pytest.mark.parametrize("bad", [-5, int(time.time()) + 10 * 86_400])
+def test_timestamp_out_of_range_fails(tmp_path: Path, bad: int) -> None:
+    df = interactions().with_columns(
+        pl.when(pl.int_range(pl.len()) == 0)
+        .then(bad)
+        .otherwise(pl.col("timestamp"))
+        .alias("timestamp")
+    )
+    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
+    assert line.startswith(
+        "interactions.parquet: timestamp expect_column_values_to_be_between [0, "
+    )
+    assert line.endswith(f": 1 rows, e.g. {bad}")
+
+
+def test_too_many_duplicates_fail(tmp_path: Path) -> None:
+    df = interactions()
+    df = pl.concat([df, df.head(3)])  # 3 of 27 rows: 0.111 > 0.05
+    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
+    assert line.startswith(
+        "interactions.parquet: duplicate_fraction expect_column_values_to_be_between [0, 0.05]: "
+        "got 0.111"
+    )
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["duplicates"] == 3
+
+
+def test_duplicates_under_the_threshold_pass_but_are_counted(tmp_path: Path) -> None:
+    df = interactions()
+    df = pl.concat([df, df.head(1)])  # 1 of 25 rows: 0.04 <= 0.05
+    result = validate(write_interim(tmp_path / "i", df), tmp_path / "r", ValidateParams())
+    assert result["duplicates"] == 1
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["duplicates"] == 1
+
+
+def test_item_missing_from_item_table_fails(tmp_path: Path) -> None:
+    interim = write_interim(tmp_path / "i", interactions(), item_table(ITEMS[:-1]))
+    line = only_line(failure_lines(interim, tmp_path / "r"))
+    assert line == (
+        "interactions.parquet: in_item_table expect_column_values_to_be_in_set [True]: "
+        f"1 items, e.g. {ITEMS[-1]}"
+    )
+
+
+def test_user_below_the_minimum_fails(tmp_path: Path) -> None:
+    df = interactions().filter((pl.col("user_id") != "u2") | (pl.col("timestamp") == T0 + 200))
+    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
+    assert line == (
+        "interactions.parquet: interactions_per_user expect_column_values_to_be_between [3, None]: "
+        "1 users, e.g. u2 (1)"
+    )
+
+
+def validated_once(tmp_path: Path) -> Path:
+    """A report folder holding the reference profile of `interactions()`."""
+    out = tmp_path / "report"
+    validate(write_interim(tmp_path / "v1", interactions()), out, ValidateParams())
+    return out
+
+
+def test_drift_in_row_count_fails(tmp_path: Path) -> None:
+    out = validated_once(tmp_path)
+    bigger = write_interim(tmp_path / "v2", interactions(n_users=12))  # same popularity, 2x rows
+    line = only_line(failure_lines(bigger, out))
+    assert line == (
+        "interactions.parquet: row_change expect_column_values_to_be_between [0, 0.5]: got 1.0"
+    )
+    drift = json.loads((out / "summary.json").read_text())["drift"]
+    assert drift["reference_rows"] == 24 and drift["rows"] == 48 and drift["success"] is False
+
+
+def test_drift_in_popularity_fails(tmp_path: Path) -> None:
+    out = validated_once(tmp_path)
+    other = write_interim(tmp_path / "v2", interactions(items=[f"j{k}" for k in range(6)]))
+    line = only_line(failure_lines(other, out))
+    assert line == (
+        "interactions.parquet: popularity_shift expect_column_values_to_be_between [0, 0.3]: "
+        "got 1.0"
+    )
+
+
+def test_drift_within_thresholds_passes(tmp_path: Path) -> None:
+    out = validated_once(tmp_path)
+    result = validate(
+        write_interim(tmp_path / "v2", interactions(n_users=7)), out, ValidateParams()
+    )
+    drift = json.loads((out / "summary.json").read_text())["drift"]
+    assert drift["success"] is True and result["drift"]["success"] is True
+    assert drift["row_change"] == pytest.approx(4 / 24)
+    assert 0 < drift["popularity_shift"] < 0.3
+
+
+def test_failed_validation_keeps_the_previous_reference(tmp_path: Path) -> None:
+    out = validated_once(tmp_path)
+    before = (out / REFERENCE_FILE).read_bytes()
+    bad = interactions(n_users=7).with_columns(pl.lit(9.0).alias("rating"))
+    failure_lines(write_interim(tmp_path / "v2", bad), out)
+    assert (out / REFERENCE_FILE).read_bytes() == before
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["success"] is False
+    assert (out / "data_docs" / "index.html").is_file()
+
+
+def test_cli_exits_2_with_the_lines_and_no_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths, as `recsys validate` gets them from params.yaml
+    Path("params.yaml").write_text("validate:\n  rating_max: 4.0\n")
+    write_interim(Path("interim"), interactions())
+    args = ["validate", "--interim", "interim", "--out", "report", "--params", "params.yaml"]
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "rating expect_column_values_to_be_between [0.5, 4]: " in err
+    assert "Traceback" not in err
+    assert Path("report/data_docs/index.html").is_file()
