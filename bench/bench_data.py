@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,7 +49,8 @@ def sizes_for(n: int) -> tuple[int, int]:
 
 def bench_size(n: int, repeats: int, work: Path) -> dict:
     users, items = sizes_for(n)
-    raw = work / f"raw-{n}"
+    work = work / f"n{n}"  # own folders per size: the drift check compares runs of one size
+    raw = work / "raw"
     recsys = [sys.executable, "-m", "tasks.cli"]
     subprocess.run(
         [
@@ -89,6 +91,7 @@ def bench_size(n: int, repeats: int, work: Path) -> dict:
         }
     totals = [sum(runs[s][i][0] for s in STAGES) for i in range(repeats)]
     row["total_wall_s_median"] = round(statistics.median(totals), 2)
+    shutil.rmtree(work)
     return row
 
 

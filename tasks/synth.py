@@ -182,10 +182,15 @@ def _walk(rng, world: _World, lengths: np.ndarray, p_follow: float, p_switch: fl
 
 
 def _timestamps(rng: np.random.Generator, lengths: np.ndarray) -> np.ndarray:
-    """Each user starts somewhere in a year and acts every few hours (exponential gaps)."""
+    """Each user starts somewhere in a year and acts every few hours (exponential gaps).
+
+    Heavy users act more often, so every history ends within about three years of the start
+    and no timestamp lands in the future, whatever the size.
+    """
     n_users = len(lengths)
     start = START_TIMESTAMP + rng.integers(0, 365 * 86_400, n_users)
-    gaps = rng.exponential(4 * 3600.0, lengths.sum()).astype(np.int64) + 1
+    mean_gap = np.minimum(4 * 3600.0, 2 * 365 * 86_400 / lengths)
+    gaps = (rng.exponential(1.0, lengths.sum()) * np.repeat(mean_gap, lengths)).astype(np.int64) + 1
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     csum = np.cumsum(gaps)
     base = np.repeat(csum[offsets[:-1]] - gaps[offsets[:-1]], lengths)

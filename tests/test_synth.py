@@ -81,3 +81,10 @@ def test_next_item_is_predictable_beyond_popularity(synth_dir: Path):
 def test_too_few_interactions_is_a_clear_error(tmp_path: Path):
     with pytest.raises(RecsysError, match="below 5 per user"):
         synthesize(tmp_path, n_users=100, n_items=50, n_interactions=100)
+
+
+def test_heavy_users_never_reach_the_future(tmp_path: Path):
+    synthesize(tmp_path, n_users=10, n_items=100, n_interactions=50_000, seed=1)
+    ts = pl.read_parquet(tmp_path / "interactions.parquet")["timestamp"]
+    three_years = 3 * 365 * 86_400
+    assert ts.max() < 1_600_000_000 + three_years + 86_400
