@@ -7,6 +7,7 @@ too and exits 1. `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -92,7 +93,24 @@ def cmd_features(args: argparse.Namespace) -> None:
     print_summary("features", summary)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from tasks.train import train
+
+    params = load_params(args.params)
+    metrics = train(
+        model=args.model,
+        features_dir=Path(args.features or params.features.out),
+        out_dir=Path(args.out or Path(params.train.out) / args.model),
+        params=params,
+    )
+    print_summary(f"train {args.model} (validation, full ranking)", metrics)
+
+
 def cmd_flow_run(args: argparse.Namespace) -> None:
+    # Before Prefect is imported: its temporary server can take over 20 s (its default limit)
+    # to start on a busy 2-core machine, and telemetry cannot leave a closed network anyway.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import recsys_pipeline, summary_markdown
 
     overrides = dict(_parse_override(item) for item in args.set)
@@ -125,7 +143,7 @@ def _add_params(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recsys",
-        description="Recommender pipeline stages: ingest -> validate -> features.",
+        description="Recommender pipeline stages: ingest -> validate -> features -> train.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -172,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="build even if the validation report does not cover these exact input files",
     )
+    _add_params(p)
+
+    p = add("train", cmd_train, "Train one model on the features; print validation metrics.")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="popularity, itemknn, bpr_mf, sasrec or two_tower (params.yaml train.<model>)",
+    )
+    p.add_argument("--features", help="features folder (default: params.yaml features.out)")
+    p.add_argument("--out", help="output folder (default: params.yaml train.out/<model>)")
     _add_params(p)
 
     flow = sub.add_parser("flow", help="Run the Prefect flow.", description="Prefect flows.")
