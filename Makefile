@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv data demo repro flow test test-fast lint format bench bench-data clean
+.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,10 @@ demo: data
 repro: data
 	$(BIN)/dvc repro
 
+# Every model's stage (dvc.yaml fit@<name>, train@<name>) and what they depend on.
+train: data
+	$(BIN)/dvc repro fit train
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -52,10 +56,15 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-data
+bench: bench-data bench-train
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/bench_data.py
+
+# MovieLens-100K features first (DVC reuses them when nothing changed), then every model.
+bench-train: data
+	$(BIN)/dvc repro features
+	$(BIN)/python bench/bench_train.py
 
 clean:
 	rm -rf data/interim data/features reports models artifacts

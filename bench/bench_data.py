@@ -13,33 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
+from bench.common import machine, run_timed  # noqa: E402
+
 STAGES = ("ingest", "validate", "features")
-
-
-def run_timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GiB) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{stderr}")
-    return wall, usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
 
 
 def sizes_for(n: int) -> tuple[int, int]:
@@ -93,12 +81,6 @@ def bench_size(n: int, repeats: int, work: Path) -> dict:
     row["total_wall_s_median"] = round(statistics.median(totals), 2)
     shutil.rmtree(work)
     return row
-
-
-def machine() -> str:
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    py = platform.python_version()
-    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {py}"
 
 
 def markdown(result: dict) -> str:

@@ -1,4 +1,4 @@
-"""The Prefect flow: ingest -> validate -> features, composed from the stage functions.
+"""The Prefect flow: ingest -> validate -> features -> train, composed from the stage functions.
 
 The tasks are thin wrappers: all logic lives in tasks/, so `dvc repro` and this flow run the
 very same code. Bad input (RecsysError) is never retried; I/O that can fail transiently is.
@@ -76,13 +76,40 @@ def features_task(interim: str, out: str, params: Any, seed: int, validation: st
     )
 
 
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(model: str, features: str, out: str, params: Any) -> dict[str, Any]:
+    from tasks.train import train
+
+    return train(model=model, features_dir=Path(features), out_dir=Path(out), params=params)
+
+
+TRAIN_COLUMNS = ("ndcg@10", "hr@10", "mrr", "ndcg@20", "hr@20", "epochs", "train_seconds")
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = ["# recsys pipeline: data summary", ""]
     for stage, figures in summary.items():
+        if stage == "train":
+            continue
         lines += [f"## {stage}", "", "| field | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in figures.items() if not isinstance(v, (dict, list))]
         lines.append("")
+    if summary.get("train"):
+        lines += [
+            "## train (validation, full ranking)",
+            "",
+            "| model | " + " | ".join(TRAIN_COLUMNS) + " |",
+            "| --- |" + " --- |" * len(TRAIN_COLUMNS),
+        ]
+        for model, metrics in summary["train"].items():
+            cells = [_cell(metrics.get(key)) for key in TRAIN_COLUMNS]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 @flow(name="recsys-pipeline", log_prints=True)
@@ -93,7 +120,7 @@ def recsys_pipeline(
     overrides: dict[str, Any] | None = None,
     fetch: bool = True,
 ) -> dict[str, Any]:
-    """Ingest raw interactions, validate them with Great Expectations, build features.
+    """Ingest raw interactions, validate them with Great Expectations, build features, train.
 
     Args:
         params_path: the parameters file (params.yaml), the one source of every tunable value.
@@ -118,9 +145,14 @@ def recsys_pipeline(
         params.ingest.out, params.features.out, params.features, params.seed, params.validate.out
     )
     logger.info("features in %s", params.features.out)
+    summary["train"] = {}
+    for model in params.train.models:
+        out = str(Path(params.train.out) / model)
+        summary["train"][model] = train_task(model, params.features.out, out, params)
+        logger.info("%s trained into %s", model, out)
     create_markdown_artifact(
         markdown=summary_markdown(summary),
         key="data-summary",
-        description="Rows, users, items and validation result of this run",
+        description="Rows, users, items, validation result and model metrics of this run",
     )
     return summary

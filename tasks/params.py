@@ -54,12 +54,38 @@ class FeaturesParams:
     year_bucket_size: int = 10
 
 
+MODEL_NAMES = ("popularity", "itemknn", "bpr_mf", "sasrec", "two_tower")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Trainer settings shared by every model, and one section of hyper-parameters per model.
+
+    A model's section is kept as a plain mapping here and checked against that model's own
+    `Config` by the train stage, so reading params.yaml never has to import torch.
+    """
+
+    out: str = "models"
+    models: tuple[str, ...] = MODEL_NAMES
+    max_epochs: int = 200
+    patience: int = 10
+    eval_batch_size: int = 512
+    accelerator: str = "auto"
+    precision: str = "auto"  # "auto": bf16-mixed on a GPU, 32-true on CPU; or any Lightning value
+    popularity: dict[str, Any] = field(default_factory=dict)
+    itemknn: dict[str, Any] = field(default_factory=dict)
+    bpr_mf: dict[str, Any] = field(default_factory=dict)
+    sasrec: dict[str, Any] = field(default_factory=dict)
+    two_tower: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Params:
     seed: int = 42
     ingest: IngestParams = field(default_factory=IngestParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
     features: FeaturesParams = field(default_factory=FeaturesParams)
+    train: TrainParams = field(default_factory=TrainParams)
 
 
 def _build(cls: type, data: Any, where: str, source: str) -> Any:
@@ -81,10 +107,25 @@ def _build(cls: type, data: Any, where: str, source: str) -> Any:
     return cls(**values)
 
 
+def build_config(cls: type, data: Any, where: str, source: str = "params.yaml") -> Any:
+    """A typed config from a mapping, with params.yaml's rules (unknown keys are errors)."""
+    return _build(cls, data, where, source)
+
+
 def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     if isinstance(hint, types.UnionType) and value is None:
         return None
     base = typing.get_args(hint)[0] if isinstance(hint, types.UnionType) else hint
+    origin = typing.get_origin(base)
+    if origin is tuple:  # tuple[X, ...]: a YAML list of X
+        item = typing.get_args(base)[0]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, item) for v in value):
+            raise RecsysError(f"{source}: {key} must be a list of {item.__name__}, got {value!r}")
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecsysError(f"{source}: {key} must be a mapping, got {value!r}")
+        return dict(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):

@@ -1,0 +1,33 @@
+"""What every benchmark script shares: timing a child process and naming the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+
+def run_timed(cmd: list[str], log: Path | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GiB) of one child process, from the kernel's rusage of it."""
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    detail = (
+        log.read_text()[-3000:] if log else (proc.stderr.read().decode() if proc.stderr else "")
+    )
+    if log:
+        out.close()
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{detail}")
+    return wall, usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    py = platform.python_version()
+    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {py}"

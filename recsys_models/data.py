@@ -1,0 +1,105 @@
+"""In-memory views of the features stage's output, shared by every model.
+
+No file is read here (tasks/train.py loads the files and fills `FeatureData`); this module only
+turns arrays into the batches models train and are evaluated on, so every model is scored on
+exactly the same users, inputs, targets and seen-item masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass
+class FeatureData:
+    """Arrays indexed by user_idx / item_idx (0 is padding for both).
+
+    train_users/train_items: the leave-one-out training interactions, sorted by user and then
+    time, so each user's rows are their history in order.
+    """
+
+    n_users: int
+    n_items: int
+    max_seq_len: int
+    train_users: np.ndarray
+    train_items: np.ndarray
+    val_input: np.ndarray  # [U+1, L] left-padded: the items that predict the val target
+    val_target: np.ndarray  # [U+1], 0 = no target
+    test_input: np.ndarray  # [U+1, L]: training + validation items
+    test_target: np.ndarray  # [U+1]
+    item_genres: np.ndarray  # [I+1, G]
+    item_year_bucket: np.ndarray  # [I+1]
+    item_popularity: np.ndarray  # [I+1] training counts
+    user_features: np.ndarray | None = None  # [U+1, F] categorical codes, 0 = unknown
+
+    def train_offsets(self) -> np.ndarray:
+        """indptr of the users' training histories: rows of user u are [off[u], off[u+1])."""
+        counts = np.bincount(self.train_users, minlength=self.n_users + 1)
+        return np.concatenate([[0], np.cumsum(counts)])
+
+    def seen(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """CSR (indptr, items) of what each user interacted with before the split's target."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        users, items = self.train_users, self.train_items
+        if split == "test":
+            has_val = np.flatnonzero(self.val_target > 0)
+            users = np.concatenate([users, has_val])
+            items = np.concatenate([items, self.val_target[has_val]])
+            order = np.argsort(users, kind="stable")
+            users, items = users[order], items[order]
+        counts = np.bincount(users, minlength=self.n_users + 1)
+        return np.concatenate([[0], np.cumsum(counts)]), items
+
+    def targets(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs [U+1, L], targets [U+1]) of the split."""
+        if split == "val":
+            return self.val_input, self.val_target
+        if split == "test":
+            return self.test_input, self.test_target
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+
+
+class EvalDataset(Dataset):
+    """One row per user who has a target in the split."""
+
+    def __init__(self, data: FeatureData, split: str):
+        inputs, targets = data.targets(split)
+        self.users = np.flatnonzero(targets > 0)
+        self.inputs, self.targets = inputs, targets
+        self.indptr, self.seen_items = data.seen(split)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.users[i])
+
+    def collate(self, users: list[int]) -> dict[str, torch.Tensor]:
+        u = np.asarray(users, dtype=np.int64)
+        starts, ends = self.indptr[u], self.indptr[u + 1]
+        lengths = ends - starts
+        rows = np.repeat(np.arange(len(u)), lengths)
+        cols = np.concatenate([self.seen_items[s:e] for s, e in zip(starts, ends, strict=True)])
+        return {
+            "user": torch.from_numpy(u),
+            "history": torch.from_numpy(np.ascontiguousarray(self.inputs[u], dtype=np.int64)),
+            "target": torch.from_numpy(self.targets[u].astype(np.int64)),
+            "seen_rows": torch.from_numpy(rows),
+            "seen_cols": torch.from_numpy(cols.astype(np.int64)),
+        }
+
+
+def eval_loader(data: FeatureData, split: str, batch_size: int = 256) -> DataLoader:
+    """Batches for full-ranking evaluation: user, history, target, seen_rows/seen_cols."""
+    ds = EvalDataset(data, split)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=ds.collate)
+
+
+def iter_eval_batches(data: FeatureData, split: str, batch_size: int = 256) -> Iterator[dict]:
+    yield from eval_loader(data, split, batch_size)

@@ -1,0 +1,157 @@
+"""The evaluation protocol against values computed by hand: ranks, masks, metrics, batches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recsys_models.data import EvalDataset, FeatureData, eval_loader
+from recsys_models.metrics import evaluate, evaluate_batch, per_user_metrics, target_ranks
+
+NAN, INF = float("nan"), float("inf")
+
+
+def ranks(scores, targets, seen=()):
+    rows = torch.tensor([r for r, _ in seen], dtype=torch.int64)
+    cols = torch.tensor([c for _, c in seen], dtype=torch.int64)
+    return target_ranks(torch.tensor(scores), torch.tensor(targets), rows, cols).tolist()
+
+
+def test_rank_counts_higher_scored_unseen_items():
+    # Items 1..5 (column 0 is padding); target 3 scores 0.5; items 1 and 4 score higher.
+    assert ranks([[0.0, 0.9, 0.1, 0.5, 0.7, 0.2]], [3]) == [3]
+
+
+def test_padding_never_competes_even_with_the_highest_score():
+    assert ranks([[9.0, 0.1, 0.5, 0.2]], [2]) == [1]
+
+
+def test_seen_items_are_removed_before_ranking():
+    # Item 1 scores higher but the user has seen it; row 1 has no seen items.
+    scores = [[0.0, 0.9, 0.5, 0.1], [0.0, 0.9, 0.5, 0.1]]
+    assert ranks(scores, [2, 2], seen=[(0, 1)]) == [1, 2]
+
+
+def test_a_target_the_user_saw_before_is_still_ranked():
+    # Re-consumption: the target is among the seen items; it is masked as a competitor only.
+    assert ranks([[0.0, 0.2, 0.9, 0.5]], [1], seen=[(0, 1), (0, 2)]) == [2]
+
+
+def test_ties_count_against_the_model():
+    # Two other items score the same as the target: rank 1 + 0 higher + 2 ties.
+    assert ranks([[0.0, 0.5, 0.5, 0.5, 0.1]], [2]) == [3]
+    # A constant scorer ranks every target last among the candidates.
+    assert ranks([[1.0] * 6], [4]) == [5]
+
+
+def test_nan_and_minus_inf_targets_rank_last_among_candidates_only():
+    # Candidates: items 1 and 3 (2 is the target, 4 is seen). A NaN must never rank first.
+    assert ranks([[5.0, 0.1, NAN, 0.2, 0.3]], [2], seen=[(0, 4)]) == [3]
+    assert ranks([[5.0, 0.1, -INF, 0.2, 0.3]], [2], seen=[(0, 4)]) == [3]
+    # A NaN competitor never beats a real target.
+    assert ranks([[0.0, NAN, 0.2, NAN]], [2]) == [1]
+
+
+def test_per_user_metrics_match_the_formulas():
+    m = per_user_metrics(torch.tensor([1, 2, 5, 6, 11, 25]))
+    assert m["hr@5"].tolist() == [1, 1, 1, 0, 0, 0]
+    assert m["hr@10"].tolist() == [1, 1, 1, 1, 0, 0]
+    assert m["hr@20"].tolist() == [1, 1, 1, 1, 1, 0]
+    expected = [1.0, 1 / math.log2(3), 1 / math.log2(6), 1 / math.log2(7), 0.0, 0.0]
+    assert m["ndcg@10"].tolist() == pytest.approx(expected)
+    assert m["ndcg@5"].tolist() == pytest.approx(expected[:3] + [0, 0, 0])
+    assert m["ndcg@20"].tolist() == pytest.approx(expected[:4] + [1 / math.log2(12), 0])
+    assert m["mrr"].tolist() == pytest.approx([1, 1 / 2, 1 / 5, 1 / 6, 1 / 11, 1 / 25])
+
+
+def tiny_data() -> FeatureData:
+    """3 users, 5 items. User 1: train [1, 2, 3], val 4, test 5; user 2: train [2, 1, 1],
+    val 3, test 4; user 3 has train items only (no targets)."""
+    seq = np.array([[0, 0, 0], [1, 2, 3], [2, 1, 1], [0, 4, 5]])
+    return FeatureData(
+        n_users=3,
+        n_items=5,
+        max_seq_len=3,
+        train_users=np.array([1, 1, 1, 2, 2, 2, 3, 3]),
+        train_items=np.array([1, 2, 3, 2, 1, 1, 4, 5]),
+        val_input=seq,
+        val_target=np.array([0, 4, 3, 0]),
+        test_input=np.array([[0, 0, 0], [2, 3, 4], [1, 1, 3], [0, 4, 5]]),
+        test_target=np.array([0, 5, 4, 0]),
+        item_genres=np.zeros((6, 1), dtype=np.uint8),
+        item_year_bucket=np.zeros(6, dtype=np.int64),
+        item_popularity=np.array([0, 3, 2, 1, 1, 1], dtype=np.float32),
+    )
+
+
+def csr_rows(indptr, items, user):
+    return sorted(items[indptr[user] : indptr[user + 1]].tolist())
+
+
+def test_seen_for_val_is_the_training_history_and_test_adds_the_val_item():
+    data = tiny_data()
+    indptr, items = data.seen("val")
+    assert [csr_rows(indptr, items, u) for u in range(4)] == [[], [1, 2, 3], [1, 1, 2], [4, 5]]
+    indptr, items = data.seen("test")
+    assert [csr_rows(indptr, items, u) for u in range(4)] == [
+        [],
+        [1, 2, 3, 4],
+        [1, 1, 2, 3],
+        [4, 5],
+    ]
+    with pytest.raises(ValueError):
+        data.seen("train")
+
+
+def test_eval_batches_hold_only_users_with_a_target_and_their_seen_pairs():
+    ds = EvalDataset(tiny_data(), "test")
+    assert ds.users.tolist() == [1, 2]
+    batch = ds.collate([1, 2])
+    assert batch["target"].tolist() == [5, 4]
+    assert batch["history"].tolist() == [[2, 3, 4], [1, 1, 3]]
+    pairs = sorted(zip(batch["seen_rows"].tolist(), batch["seen_cols"].tolist(), strict=True))
+    assert pairs == [(0, 1), (0, 2), (0, 3), (0, 4), (1, 1), (1, 1), (1, 2), (1, 3)]
+
+
+def test_evaluate_averages_over_users_across_batches():
+    data = tiny_data()
+
+    # Scores equal to the item index: the catalogue order is 5 > 4 > 3 > 2 > 1.
+    def score(users, history):
+        return torch.arange(6, dtype=torch.float32).expand(len(users), -1)
+
+    # val: user 1 (seen 1, 2, 3) target 4: only 5 is higher -> rank 2;
+    #      user 2 (seen 1, 2) target 3: 4 and 5 higher -> rank 3.
+    m = evaluate(score, eval_loader(data, "val", batch_size=1))
+    assert m["users"] == 2
+    assert m["mrr"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert m["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / 2)
+    # test: user 1 target 5 -> rank 1; user 2 (seen 1, 2, 3) target 4: 5 higher -> rank 2.
+    m = evaluate(score, eval_loader(data, "test", batch_size=2))
+    assert m["mrr"] == pytest.approx((1 + 1 / 2) / 2)
+    assert m["hr@5"] == 1.0
+
+
+def test_evaluation_scores_in_full_precision_even_under_autocast():
+    # bf16 keeps 8 bits of mantissa: these item scores would collapse into ties, which count
+    # against the model. Lightning's bf16-mixed runs validation under autocast like this.
+    user = torch.ones(1, 4)
+    items = torch.tensor([[0.0] * 4, [1.0, 1.0, 1.0, 1.001], [1.0] * 4, [1.0, 1.0, 1.0, 0.999]])
+    batch = {
+        "user": torch.tensor([0]),
+        "history": torch.zeros(1, 2, dtype=torch.int64),
+        "target": torch.tensor([1]),
+        "seen_rows": torch.zeros(0, dtype=torch.int64),
+        "seen_cols": torch.zeros(0, dtype=torch.int64),
+    }
+
+    def score(users, history):
+        return user[users] @ items.T
+
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        assert score(batch["user"], batch["history"]).dtype == torch.bfloat16
+        metrics = evaluate_batch(score, batch)
+    assert metrics["mrr"].tolist() == [1.0]

@@ -1,0 +1,216 @@
+"""SASRec on tiny data: shapes, causality, padding without NaN, training windows, learning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from recsys_models import sasrec
+from recsys_models.data import FeatureData, eval_loader
+from recsys_models.metrics import evaluate
+from tasks.features import build_features
+from tasks.params import FeaturesParams
+from tasks.synth import synthesize
+
+torch.set_num_threads(1)
+
+PADDED = torch.tensor(
+    [
+        [0, 0, 0, 0, 0, 0],  # no history at all
+        [0, 0, 0, 0, 0, 7],  # length 1
+        [0, 0, 3, 9, 1, 4],  # partly padded
+        [5, 2, 8, 8, 11, 6],  # full
+    ]
+)
+
+
+def tiny_model(**kwargs) -> sasrec.SASRec:
+    torch.manual_seed(0)
+    return sasrec.SASRec(n_items=12, max_len=6, hidden=16, heads=2, **kwargs)
+
+
+def load_features(folder: Path) -> FeatureData:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    train = pl.read_parquet(folder / "loo/train.parquet")
+    arrays = {
+        name: np.load(folder / path)
+        for name, path in [
+            ("val_input", "loo/val_input.npy"),
+            ("val_target", "loo/val_target.npy"),
+            ("test_input", "loo/test_input.npy"),
+            ("test_target", "loo/test_target.npy"),
+            ("item_genres", "items/genres.npy"),
+            ("item_year_bucket", "items/year_bucket.npy"),
+            ("item_popularity", "items/popularity.npy"),
+        ]
+    }
+    return FeatureData(
+        n_users=manifest["counts"]["users"],
+        n_items=manifest["counts"]["items"],
+        max_seq_len=manifest["max_seq_len"],
+        train_users=train["user_idx"].to_numpy().astype(np.int64),
+        train_items=train["item_idx"].to_numpy().astype(np.int64),
+        **arrays,
+    )
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory) -> FeatureData:
+    root = tmp_path_factory.mktemp("sasrec")
+    synthesize(root / "interim", n_users=300, n_items=200, n_interactions=9_000, seed=3)
+    params = FeaturesParams(min_user_interactions=1, min_item_interactions=1, max_seq_len=20)
+    build_features(root / "interim", root / "features", params, seed=0, validation_dir=None)
+    return load_features(root / "features")
+
+
+def test_shapes():
+    model = tiny_model().eval()
+    assert model(PADDED).shape == (4, 6, 16)
+    assert model.score(torch.arange(4), PADDED).shape == (4, 13)
+
+
+def test_later_items_never_change_earlier_positions():
+    model = tiny_model().eval()
+    history = PADDED[3:].clone()
+    changed = history.clone()
+    changed[0, 3] = 1
+    before, after = model(history), model(changed)
+    torch.testing.assert_close(before[:, :3], after[:, :3])
+    assert not torch.allclose(before[:, 3:], after[:, 3:])
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_padding_never_gives_nan(train):
+    model = tiny_model(dropout=0.3).train(train)
+    hidden = model(PADDED)
+    assert torch.isfinite(hidden).all()
+    assert (hidden[PADDED == 0] == 0).all()  # padded positions are exactly zero
+    scores = model.score(torch.arange(4), PADDED)
+    assert torch.isfinite(scores).all()
+    # A real item's output depends on the real items only, not on how much padding precedes it.
+    if not train:
+        torch.testing.assert_close(model(PADDED[1:2, -1:])[0, -1], hidden[1, -1])
+
+
+@pytest.mark.parametrize("loss", sasrec.LOSSES)
+def test_gradients_are_finite_with_padding(loss):
+    module = sasrec.SASRecModule(tiny_model(), 12, sasrec.Config(loss=loss))
+    windows = torch.cat(
+        [torch.zeros(1, 7, dtype=torch.long), torch.tensor([[0, 0, 0, 0, 2, 3, 4]])]
+    )
+    module.loss(windows).backward()
+    for p in module.parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all()
+
+
+def test_training_windows_cover_each_transition_once():
+    # user 1: 3 items; user 2: 8 items; user 3: a single item (no transition)
+    users = np.array([1] * 3 + [2] * 8 + [3])
+    items = np.arange(1, 13)
+    windows = sasrec.training_windows(users, items, n_users=3, max_len=3)
+    assert windows.shape == (4, 4)
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+    pairs = {(a, b) for a, b in zip(inputs.ravel(), targets.ravel(), strict=True) if a}
+    expected = {(a, a + 1) for a in range(1, 3)} | {(a, a + 1) for a in range(4, 11)}
+    assert pairs == expected
+    # each user's most recent window is there, left-padded where the history is short
+    rows = {tuple(r) for r in windows.tolist()}
+    assert {(0, 1, 2, 3), (8, 9, 10, 11), (0, 0, 4, 5)} <= rows
+
+
+def cycles(n_users: int, n_items: int, length: int) -> FeatureData:
+    """Every user walks item -> item + 1 (mod the catalogue) from a random start."""
+    rng = np.random.default_rng(0)
+    start = rng.integers(0, n_items, n_users)
+    seq = (start[:, None] + np.arange(length)) % n_items + 1
+    users = np.repeat(np.arange(1, n_users + 1), length - 2)
+    zero = np.zeros((1, 8), dtype=np.int64)
+    return FeatureData(
+        n_users=n_users,
+        n_items=n_items,
+        max_seq_len=8,
+        train_users=users,
+        train_items=seq[:, :-2].ravel(),
+        val_input=np.concatenate([zero, seq[:, -10:-2]]),
+        val_target=np.concatenate([[0], seq[:, -2]]),
+        test_input=np.concatenate([zero, seq[:, -9:-1]]),
+        test_target=np.concatenate([[0], seq[:, -1]]),
+        item_genres=np.zeros((n_items + 1, 1), dtype=np.uint8),
+        item_year_bucket=np.zeros(n_items + 1, dtype=np.int64),
+        item_popularity=np.bincount(seq[:, :-2].ravel(), minlength=n_items + 1).astype(np.float32),
+    )
+
+
+@pytest.mark.parametrize("loss", sasrec.LOSSES)
+def test_both_losses_fall(loss):
+    data = cycles(n_users=64, n_items=30, length=20)
+    config = sasrec.Config(hidden=32, dropout=0.1, loss=loss, batch_size=32, lr=3e-3)
+    module, datamodule = sasrec.build(data, config, seed=0)
+    optimiser = module.configure_optimizers()
+    torch.manual_seed(0)
+
+    def epoch_loss() -> float:
+        return float(np.mean([module.loss(b).item() for b in datamodule.train_dataloader()]))
+
+    first = epoch_loss()
+    for _ in range(6):
+        for batch in datamodule.train_dataloader():
+            optimiser.zero_grad()
+            module.loss(batch).backward()
+            optimiser.step()
+    assert epoch_loss() < 0.6 * first
+    module.model.eval()
+    assert evaluate(module.model.score, eval_loader(data, "val"))["hr@10"] > 0.9
+
+
+def test_build_is_seeded_and_rejects_an_unknown_loss(synth_data):
+    a, _ = sasrec.build(synth_data, sasrec.Config(), seed=5)
+    b, _ = sasrec.build(synth_data, sasrec.Config(), seed=5)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="loss"):
+        sasrec.build(synth_data, sasrec.Config(loss="mse"), seed=5)
+
+
+def test_epochs_are_shuffled_reproducibly(synth_data):
+    def two_epochs() -> list[torch.Tensor]:
+        _, datamodule = sasrec.build(synth_data, sasrec.Config(batch_size=64), seed=1)
+        return [next(iter(datamodule.train_dataloader())) for _ in range(2)]
+
+    first, again = two_epochs(), two_epochs()
+    assert not torch.equal(first[0], first[1])
+    assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
+
+
+def test_beats_popularity_on_sequential_data(synth_data):
+    config = dataclasses.replace(sasrec.Config(), hidden=32, batch_size=64, lr=3e-3)
+    module, datamodule = sasrec.build(synth_data, config, seed=0)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule)
+    logged = trainer.callback_metrics
+    assert {"train_loss", "val_ndcg@10", "val_hr@10", "val_mrr"} <= set(logged)
+
+    module.model.eval()
+    model = evaluate(module.model.score, eval_loader(synth_data, "val"))
+    popularity = torch.from_numpy(synth_data.item_popularity)
+    baseline = evaluate(
+        lambda users, history: popularity.expand(len(users), -1), eval_loader(synth_data, "val")
+    )
+    assert model["ndcg@10"] == pytest.approx(float(logged["val_ndcg@10"]), abs=1e-5)
+    assert model["ndcg@10"] > 1.5 * baseline["ndcg@10"]
