@@ -34,21 +34,30 @@ MASKED = -1e9
 class Config:
     dim: int = 64  # the shared embedding dimension
     hidden: int = 256  # width of each tower's MLP
-    history_len: int = 50  # most recent items the user tower pools (<= features.max_seq_len)
-    recency_decay: float = 1.0  # weight of an item k steps before the latest: decay**k (1 = mean)
+    history_len: int = 20  # most recent items the user tower pools (<= features.max_seq_len)
+    recency_decay: float = 0.8  # weight of an item k steps before the latest: decay**k (1 = mean)
     user_features: bool = True  # embed FeatureData.user_features where present
     item_features: bool = True  # genres and year bucket beside the item id
     similarity: str = "cosine"  # cosine|dot
-    temperature: float = 0.1  # logits = similarity / temperature
+    temperature: float = 0.05  # logits = similarity / temperature
     logq_correction: bool = True
     n_uniform_negatives: int = 0  # extra negatives drawn uniformly per batch, shared by its rows
     mask_false_negatives: bool = True  # drop in-batch negatives the user is known to like
-    dropout: float = 0.1
+    dropout: float = 0.3
     batch_size: int = 512
-    lr: float = 1e-3
+    lr: float = 1e-2
     weight_decay: float = 0.0
-    max_epochs: int = 50
     eval_batch_size: int = 256
+
+    def __post_init__(self):
+        if self.similarity not in ("cosine", "dot"):
+            raise ValueError(f"similarity must be 'cosine' or 'dot', got {self.similarity!r}")
+        if min(self.dim, self.hidden, self.history_len, self.batch_size, self.eval_batch_size) < 1:
+            raise ValueError("dim, hidden, history_len, batch_size, eval_batch_size must be >= 1")
+        if not 0 < self.recency_decay <= 1 or self.temperature <= 0 or self.lr <= 0:
+            raise ValueError("need 0 < recency_decay <= 1, temperature > 0 and lr > 0")
+        if self.n_uniform_negatives < 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
+            raise ValueError("need n_uniform_negatives >= 0, weight_decay >= 0, 0 <= dropout < 1")
 
 
 def _mlp(dim: int, hidden: int, dropout: float) -> nn.Sequential:
@@ -66,10 +75,6 @@ class TwoTower(nn.Module):
 
     def __init__(self, data: FeatureData, config: Config):
         super().__init__()
-        if config.similarity not in ("cosine", "dot"):
-            raise ValueError(f"similarity must be 'cosine' or 'dot', got {config.similarity!r}")
-        if config.history_len < 1 or config.temperature <= 0:
-            raise ValueError("history_len must be >= 1 and temperature > 0")
         self.config = config
         self.n_items = data.n_items
         d = config.dim

@@ -186,7 +186,7 @@ def test_loss_falls_and_beats_popularity(data):
     assert {"train_loss", "val_ndcg@10", "val_hr@10", "val_mrr"} <= set(trainer.logged_metrics)
     model = module.model.eval()
     batch = first_batch(data)
-    untrained = two_tower.build(data, SMALL, seed=0)[0]
+    untrained = two_tower.build(data, SMALL, seed=0)[0].eval()
     with torch.no_grad():
         assert module.loss(batch) < untrained.loss(batch) - 0.5
     got = evaluate(model.score, eval_loader(data, "val"))
@@ -224,3 +224,10 @@ def test_uniform_negatives_train(data_users):
     loss = module.loss(batch)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="similarity"):
+        two_tower.Config(similarity="euclid")
+    with pytest.raises(ValueError, match="recency_decay"):
+        two_tower.Config(recency_decay=0.0)
