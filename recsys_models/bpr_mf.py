@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader
 
-from recsys_models.data import FeatureData, eval_loader
+from recsys_models.data import FeatureData, eval_loader, shuffled_batches
 from recsys_models.metrics import evaluate_batch
 
 
@@ -55,19 +55,6 @@ class BPRMF(nn.Module):
         return self.user_emb(users) @ self.item_emb.weight.T + self.item_bias.weight[:, 0]
 
 
-class _Pairs(Dataset):
-    """Indexed by a whole batch of row numbers at once: one gather per batch, no collate."""
-
-    def __init__(self, pairs: torch.Tensor):
-        self.pairs = pairs
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, rows: list[int]) -> torch.Tensor:
-        return self.pairs[rows]
-
-
 class BPRData(L.LightningDataModule):
     """The (user, positive item) training pairs, reshuffled every epoch; negatives are drawn in
     the training step, so every epoch (every step) sees fresh ones."""
@@ -81,12 +68,7 @@ class BPRData(L.LightningDataModule):
         self.generator = torch.Generator().manual_seed(seed)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = BatchSampler(
-            RandomSampler(range(len(self.pairs)), generator=self.generator),
-            self.config.batch_size,
-            drop_last=False,
-        )
-        return DataLoader(_Pairs(self.pairs), sampler=sampler, batch_size=None)
+        return shuffled_batches(self.pairs, self.config.batch_size, self.generator)
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(self.data, "val", self.config.eval_batch_size)

@@ -7,12 +7,11 @@ exactly the same users, inputs, targets and seen-item masks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 
 @dataclass
@@ -101,5 +100,22 @@ def eval_loader(data: FeatureData, split: str, batch_size: int = 256) -> DataLoa
     return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=ds.collate)
 
 
-def iter_eval_batches(data: FeatureData, split: str, batch_size: int = 256) -> Iterator[dict]:
-    yield from eval_loader(data, split, batch_size)
+class _RowBatches(Dataset):
+    """Indexed by a whole batch of row numbers at once: one gather per batch, no collate."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: list[int]) -> torch.Tensor:
+        return self.rows[index]
+
+
+def shuffled_batches(rows: torch.Tensor, batch_size: int, generator: torch.Generator) -> DataLoader:
+    """Training batches of a precomputed tensor, reshuffled from `generator` every epoch."""
+    sampler = BatchSampler(
+        RandomSampler(range(len(rows)), generator=generator), batch_size, drop_last=False
+    )
+    return DataLoader(_RowBatches(rows), sampler=sampler, batch_size=None)

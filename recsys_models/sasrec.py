@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader
 
-from recsys_models.data import FeatureData, eval_loader
+from recsys_models.data import FeatureData, eval_loader, shuffled_batches
 from recsys_models.metrics import evaluate_batch
 
 LOSSES = ("ce", "bce")
@@ -141,19 +141,6 @@ def training_windows(
     return np.where(inside, items[np.maximum(index, 0)], 0)
 
 
-class _Windows(Dataset):
-    """Indexed by a whole batch of row numbers at once: one gather per batch, no collate."""
-
-    def __init__(self, windows: torch.Tensor):
-        self.windows = windows
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def __getitem__(self, rows: list[int]) -> torch.Tensor:
-        return self.windows[rows]
-
-
 class SASRecData(L.LightningDataModule):
     def __init__(self, data: FeatureData, config: Config, seed: int):
         super().__init__()
@@ -165,13 +152,7 @@ class SASRecData(L.LightningDataModule):
         self.generator = torch.Generator().manual_seed(seed)
 
     def train_dataloader(self) -> DataLoader:
-        # RandomSampler draws a new permutation from the seeded generator every epoch.
-        sampler = BatchSampler(
-            RandomSampler(range(len(self.windows)), generator=self.generator),
-            self.config.batch_size,
-            drop_last=False,
-        )
-        return DataLoader(_Windows(self.windows), sampler=sampler, batch_size=None)
+        return shuffled_batches(self.windows, self.config.batch_size, self.generator)
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(self.data, "val", self.config.eval_batch_size)

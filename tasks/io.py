@@ -71,12 +71,6 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def write_text(text: str, path: str | Path) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

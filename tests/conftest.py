@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +75,54 @@ def prefect_server(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tests' tensors are tiny: a second thread only adds contention on a 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic_features(
+    root: Path,
+    n_users: int,
+    n_items: int,
+    n_interactions: int,
+    seed: int,
+    params: Any = None,
+    users: Any = None,
+) -> Any:
+    """synth -> features (no validation) -> FeatureData, the way the train stage loads it.
+
+    `users`, a polars frame, becomes the interim users.parquet (for user-feature tests).
+    """
+    from tasks.features import build_features
+    from tasks.params import FeaturesParams
+    from tasks.synth import synthesize
+    from tasks.train import load_features
+
+    synthesize(root / "interim", n_users, n_items, n_interactions, seed=seed)
+    if users is not None:
+        users.write_parquet(root / "interim" / "users.parquet")
+    build_features(root / "interim", root / "features", params or FeaturesParams(), 0, None)
+    return load_features(root / "features")
+
+
+def quiet_trainer(max_epochs: int) -> Any:
+    """A CPU Lightning Trainer with no logger, checkpoints, bars or sanity check."""
+    import lightning
+
+    return lightning.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )

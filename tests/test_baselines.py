@@ -10,27 +10,12 @@ import torch
 from recsys_models import bpr_mf, itemknn, popularity
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.metrics import evaluate
-from tasks.features import build_features
-from tasks.params import FeaturesParams
-from tasks.synth import synthesize
-from tasks.train import load_features
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.conftest import synthetic_features
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> FeatureData:
-    root = tmp_path_factory.mktemp("baselines")
-    synthesize(root / "interim", n_users=300, n_items=200, n_interactions=15_000, seed=0)
-    build_features(root / "interim", root / "features", FeaturesParams(), 0, None)
-    return load_features(root / "features")
+    return synthetic_features(tmp_path_factory.mktemp("baselines"), 300, 200, 15_000, seed=0)
 
 
 @pytest.fixture(scope="module")

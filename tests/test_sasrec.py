@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import lightning as L
 import numpy as np
-import polars as pl
 import pytest
 import torch
 
 from recsys_models import sasrec
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.metrics import evaluate
-from tasks.features import build_features
 from tasks.params import FeaturesParams
-from tasks.synth import synthesize
-
-torch.set_num_threads(1)
+from tests.conftest import quiet_trainer, synthetic_features
 
 PADDED = torch.tensor(
     [
@@ -36,38 +30,12 @@ def tiny_model(**kwargs) -> sasrec.SASRec:
     return sasrec.SASRec(n_items=12, max_len=6, hidden=16, heads=2, **kwargs)
 
 
-def load_features(folder: Path) -> FeatureData:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    train = pl.read_parquet(folder / "loo/train.parquet")
-    arrays = {
-        name: np.load(folder / path)
-        for name, path in [
-            ("val_input", "loo/val_input.npy"),
-            ("val_target", "loo/val_target.npy"),
-            ("test_input", "loo/test_input.npy"),
-            ("test_target", "loo/test_target.npy"),
-            ("item_genres", "items/genres.npy"),
-            ("item_year_bucket", "items/year_bucket.npy"),
-            ("item_popularity", "items/popularity.npy"),
-        ]
-    }
-    return FeatureData(
-        n_users=manifest["counts"]["users"],
-        n_items=manifest["counts"]["items"],
-        max_seq_len=manifest["max_seq_len"],
-        train_users=train["user_idx"].to_numpy().astype(np.int64),
-        train_items=train["item_idx"].to_numpy().astype(np.int64),
-        **arrays,
-    )
-
-
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> FeatureData:
-    root = tmp_path_factory.mktemp("sasrec")
-    synthesize(root / "interim", n_users=300, n_items=200, n_interactions=9_000, seed=3)
     params = FeaturesParams(min_user_interactions=1, min_item_interactions=1, max_seq_len=20)
-    build_features(root / "interim", root / "features", params, seed=0, validation_dir=None)
-    return load_features(root / "features")
+    return synthetic_features(
+        tmp_path_factory.mktemp("sasrec"), 300, 200, 9_000, seed=3, params=params
+    )
 
 
 def test_shapes():
@@ -193,15 +161,7 @@ def test_beats_popularity_on_sequential_data(synth_data):
     config = dataclasses.replace(sasrec.Config(), hidden=32, batch_size=64, lr=3e-3)
     module, datamodule = sasrec.build(synth_data, config, seed=0)
     L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(
-        max_epochs=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(4)
     trainer.fit(module, datamodule)
     logged = trainer.callback_metrics
     assert {"train_loss", "val_ndcg@10", "val_hr@10", "val_mrr"} <= set(logged)

@@ -16,28 +16,17 @@ from recsys_models.metrics import evaluate
 from tasks import train as train_stage
 from tasks.cli import main
 from tasks.errors import RecsysError
-from tasks.features import build_features
 from tasks.io import file_sha256
-from tasks.params import FeaturesParams, load_params
-from tasks.synth import synthesize
+from tasks.params import load_params
+from tests.conftest import synthetic_features
 
 METRICS = {"ndcg@5", "ndcg@10", "ndcg@20", "hr@5", "hr@10", "hr@20", "mrr", "users"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("train")
-    synthesize(root / "interim", n_users=300, n_items=200, n_interactions=15_000, seed=0)
-    build_features(root / "interim", root / "features", FeaturesParams(), 0, None)
+    synthetic_features(root, 300, 200, 15_000, seed=0)
     return root / "features"
 
 

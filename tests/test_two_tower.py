@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import lightning
@@ -15,55 +14,30 @@ import torch
 from recsys_models import two_tower
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.metrics import evaluate
-from tasks.features import build_features
 from tasks.params import FeaturesParams
-from tasks.synth import synthesize
+from tests.conftest import quiet_trainer, synthetic_features
 
 SMALL = two_tower.Config(dim=16, hidden=32, history_len=10, batch_size=128, lr=3e-3)
 
 
-def load_features(folder: Path) -> FeatureData:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    train = pl.read_parquet(folder / "loo" / "train.parquet")
-    users = folder / "users" / "user_features.npy"
-    return FeatureData(
-        n_users=manifest["counts"]["users"],
-        n_items=manifest["counts"]["items"],
-        max_seq_len=manifest["max_seq_len"],
-        train_users=train["user_idx"].to_numpy().astype(np.int64),
-        train_items=train["item_idx"].to_numpy().astype(np.int64),
-        val_input=np.load(folder / "loo" / "val_input.npy"),
-        val_target=np.load(folder / "loo" / "val_target.npy"),
-        test_input=np.load(folder / "loo" / "test_input.npy"),
-        test_target=np.load(folder / "loo" / "test_target.npy"),
-        item_genres=np.load(folder / "items" / "genres.npy"),
-        item_year_bucket=np.load(folder / "items" / "year_bucket.npy"),
-        item_popularity=np.load(folder / "items" / "popularity.npy"),
-        user_features=np.load(users) if users.is_file() else None,
-    )
-
-
 def make_data(root: Path, with_users: bool) -> FeatureData:
-    interim = root / "interim"
-    synthesize(interim, n_users=300, n_items=150, n_interactions=12_000, seed=3)
+    users = None
     if with_users:  # MovieLens-like demographics
         rng = np.random.default_rng(0)
-        pl.DataFrame(
+        users = pl.DataFrame(
             {
                 "user_id": [str(u) for u in range(1, 301)],
                 "age": rng.integers(10, 70, 300),
                 "gender": rng.choice(["M", "F"], 300),
                 "occupation": rng.choice(["a", "b", "c", "d"], 300),
             }
-        ).write_parquet(interim / "users.parquet")
+        )
     params = FeaturesParams(min_user_interactions=1, min_item_interactions=1, max_seq_len=20)
-    build_features(interim, root / "features", params, seed=0, validation_dir=None)
-    return load_features(root / "features")
+    return synthetic_features(root, 300, 150, 12_000, seed=3, params=params, users=users)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> FeatureData:
-    torch.set_num_threads(1)
     return make_data(tmp_path_factory.mktemp("tt"), with_users=False)
 
 
@@ -168,15 +142,7 @@ def test_items_in_history_per_row(data):
 def train(data: FeatureData, config: two_tower.Config, epochs: int):
     lightning.seed_everything(0, verbose=False)
     module, dm = two_tower.build(data, config, seed=0)
-    trainer = lightning.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(epochs)
     trainer.fit(module, dm)
     return module, trainer
 
