@@ -4,19 +4,30 @@ then scored on the leave-one-out test split under the full-ranking protocol (DES
 Each model trains in its own process (timed by wall clock, peak RSS from os.wait4); test metrics
 are computed afterwards from the saved weights. SASRec's training throughput is reported as
 training sequences (windows of max_seq_len + 1 items) per second of training-epoch time.
+
+The peer `recbole_sasrec` is RecBole 1.2.1's SASRec with RecBole's defaults, trained in its own
+venv (`make .venv-recbole`) on exactly our split (bench/recbole_sasrec.py) and scored with the
+project's metric code, so both SASRecs are compared on the same users, targets and protocol.
+
+Rows are merged by model into bench/results/train.json (a rerun of some models keeps the
+others' rows); each row records when it ran and the load average around it.
 Writes bench/results/train.json and bench/results/train.md.
 
-    python bench/bench_train.py                         # all models, features from data/features
-    python bench/bench_train.py --models sasrec itemknn
+    python bench/bench_train.py                         # our models and the RecBole peer
+    python bench/bench_train.py --models sasrec recbole_sasrec
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -24,6 +35,9 @@ from bench.common import machine, run_timed  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 MODELS = ["popularity", "itemknn", "bpr_mf", "two_tower", "sasrec"]
+PEERS = ["recbole_sasrec"]  # trained by another library in its own venv, scored by our metrics
+RECBOLE_PYTHON = ROOT / ".venv-recbole" / "bin" / "python"
+TEST_KEYS = ("ndcg@10", "hr@10", "mrr", "ndcg@20")
 
 
 def torch_info() -> str:
@@ -34,62 +48,131 @@ def torch_info() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=MODELS + PEERS, choices=MODELS + PEERS)
     parser.add_argument("--features", type=Path, default=ROOT / "data" / "features")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--recbole-epochs", type=int, default=300, help="RecBole's max epochs (its default: 300)"
+    )
     args = parser.parse_args()
 
     from tasks.params import load_params
-    from tasks.train import evaluate_model, load_features, load_model
+    from tasks.train import load_features
 
     params = load_params(args.params)
     data = load_features(args.features)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for name in args.models:
-            out = Path(tmp) / name
-            cmd = [
-                sys.executable,
-                "-m",
-                "tasks.cli",
-                "train",
-                "--model",
-                name,
-                "--features",
-                str(args.features),
-                "--out",
-                str(out),
-                "--params",
-                str(args.params),
-            ]
-            wall, rss = run_timed(cmd, Path(tmp) / f"{name}.log")
-            val = json.loads((out / "metrics.json").read_text())
-            test = evaluate_model(load_model(out, data), data, "test")
-            row = {
-                "model": name,
-                "test": {k: round(test[k], 4) for k in ("ndcg@10", "hr@10", "mrr", "ndcg@20")},
-                "val_ndcg@10": round(val["ndcg@10"], 4),
-                "epochs": val["epochs"],
-                "best_epoch": val["best_epoch"],
-                "train_seconds": val["train_seconds"],
-                "process_wall_s": round(wall, 1),
-                "peak_rss_gib": round(rss, 2),
-                "test_users": test["users"],
+            load_before = os.getloadavg()[1]
+            started = dt.datetime.now().isoformat(timespec="seconds")
+            if name == "recbole_sasrec":
+                row = bench_recbole(data, Path(tmp) / name, args.recbole_epochs, params.seed)
+            else:
+                row = bench_ours(name, data, params, args, Path(tmp) / name)
+            row |= {
+                "started": started,
+                "load_avg_5min_before_after": [round(load_before, 2), round(os.getloadavg()[1], 2)],
             }
-            if name == "sasrec":
-                row |= sasrec_throughput(data, params, val)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {
-        "benchmark": "training on MovieLens-100K, leave-one-out, full ranking (test split)",
-        "machine": f"{machine()}, {torch_info()}",
-        "rows": rows,
-    }
+    result = merge(args.out / "train.json", rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "train.md").write_text(markdown(result))
     print(markdown(result))
+
+
+def bench_ours(name: str, data, params, args, out: Path) -> dict:
+    from tasks.train import evaluate_model, load_model
+
+    cmd = [sys.executable, "-m", "tasks.cli", "train", "--model", name]
+    cmd += ["--features", str(args.features), "--out", str(out), "--params", str(args.params)]
+    wall, rss = run_timed(cmd, out.parent / f"{name}.log")
+    val = json.loads((out / "metrics.json").read_text())
+    test = evaluate_model(load_model(out, data), data, "test")
+    row = {
+        "model": name,
+        "test": {k: round(test[k], 4) for k in TEST_KEYS},
+        "val_ndcg@10": round(val["ndcg@10"], 4),
+        "epochs": val["epochs"],
+        "best_epoch": val["best_epoch"],
+        "train_seconds": val["train_seconds"],
+        "process_wall_s": round(wall, 1),
+        "peak_rss_gib": round(rss, 2),
+        "test_users": test["users"],
+        "machine": f"{machine()}, {torch_info()}",
+    }
+    if name == "sasrec":
+        row |= sasrec_throughput(data, params, val)
+    return row
+
+
+def bench_recbole(data, folder: Path, epochs: int, seed: int) -> dict:
+    """RecBole's SASRec on our split; its scores ranked by our metric code."""
+    if not RECBOLE_PYTHON.is_file():
+        raise SystemExit(f"{RECBOLE_PYTHON}: missing; run `make .venv-recbole` first")
+    inputs, out = folder / "input", folder / "out"
+    write_recbole_input(data, inputs)
+    cmd = [str(RECBOLE_PYTHON), str(ROOT / "bench" / "recbole_sasrec.py")]
+    cmd += ["--data", str(inputs), "--out", str(out), "--epochs", str(epochs), "--seed", str(seed)]
+    # In its own folder: RecBole writes log/ and log_tensorboard/ into the working directory.
+    wall, rss = run_timed(cmd, folder.parent / "recbole_sasrec.log", cwd=folder)
+    rb = json.loads((out / "result.json").read_text())
+    val = score_split(data, "val", np.load(out / "val_scores.npy"))
+    test = score_split(data, "test", np.load(out / "test_scores.npy"))
+    return {
+        "model": "recbole_sasrec",
+        "test": {k: round(test[k], 4) for k in TEST_KEYS},
+        "val_ndcg@10": round(val["ndcg@10"], 4),
+        "epochs": rb["epochs"],
+        "best_epoch": rb["best_epoch"],
+        "train_seconds": rb["train_seconds"],
+        "process_wall_s": round(wall, 1),
+        "peak_rss_gib": round(rss, 2),
+        "test_users": test["users"],
+        "machine": f"{machine()}, RecBole 1.2.1, torch 2.13.0 ({rb['torch_threads']} threads)",
+        "recbole": {k: rb[k] for k in rb if k != "curve"},
+        "recbole_curve": rb["curve"],
+    }
+
+
+def write_recbole_input(data, folder: Path) -> None:
+    """Our leave-one-out sequences as RecBole's atomic file, plus our val/test inputs.
+
+    The timestamp is the item's position in the user's sequence (train, then val, then test
+    target), so RecBole's time-ordered leave-one-out split reproduces ours exactly.
+    """
+    users = [data.train_users]
+    items = [data.train_items]
+    for targets in (data.val_target, data.test_target):
+        has = np.flatnonzero(targets > 0)
+        users.append(has)
+        items.append(targets[has])
+    users, items = np.concatenate(users), np.concatenate(items)
+    order = np.argsort(users, kind="stable")  # train rows, then val, then test, per user
+    users, items = users[order], items[order]
+    starts = np.searchsorted(users, users, side="left")
+    position = np.arange(len(users)) - starts
+    (folder / "ours").mkdir(parents=True)
+    with open(folder / "ours" / "ours.inter", "w") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for u, i, t in zip(users.tolist(), items.tolist(), position.tolist(), strict=True):
+            f.write(f"{u}\t{i}\t{t}\n")
+    np.save(folder / "val_input.npy", data.val_input)
+    np.save(folder / "test_input.npy", data.test_input)
+
+
+def score_split(data, split: str, scores: np.ndarray) -> dict:
+    """Our full-ranking metrics (seen items removed) of a precomputed score matrix."""
+    import torch
+
+    from recsys_models.data import eval_loader
+    from recsys_models.metrics import evaluate
+
+    table = torch.from_numpy(scores)
+    return evaluate(lambda users, history: table[users], eval_loader(data, split, 512))
 
 
 def sasrec_throughput(data, params, val: dict) -> dict:
@@ -110,21 +193,38 @@ def sasrec_throughput(data, params, val: dict) -> dict:
     }
 
 
+def merge(previous: Path, rows: list[dict]) -> dict:
+    """This run's rows replace the same models' rows of the previous result; order as MODELS."""
+    kept: dict[str, dict] = {}
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        kept = {r["model"]: r for r in old.get("rows", []) if "started" in r}
+    kept |= {r["model"]: r for r in rows}
+    order = MODELS + PEERS
+    return {
+        "benchmark": "training on MovieLens-100K, leave-one-out, full ranking (test split)",
+        "rows": sorted(kept.values(), key=lambda r: order.index(r["model"])),
+    }
+
+
 def markdown(result: dict) -> str:
+    machines = sorted({r["machine"] for r in result["rows"]})
     lines = [
-        f"Machine: {result['machine']}. MovieLens-100K after the 5-core filter, leave-one-out by "
-        "time, full ranking over the catalogue with seen items removed; test split.",
+        "Machine: " + "; ".join(machines) + ". MovieLens-100K after the 5-core filter, "
+        "leave-one-out by time, full ranking over the catalogue with seen items removed "
+        "(the project's metric code for every row); test split.",
         "",
         "| model | test NDCG@10 | test HR@10 | test MRR | val NDCG@10 | epochs (best) "
-        "| train s | process s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| train s | process s | load avg |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
+        load = max(r["load_avg_5min_before_after"])
         lines.append(
             f"| {r['model']} | {r['test']['ndcg@10']:.4f} | {r['test']['hr@10']:.4f} "
             f"| {r['test']['mrr']:.4f} | {r['val_ndcg@10']:.4f} "
             f"| {r['epochs']} ({r['best_epoch']}) "
-            f"| {r['train_seconds']:.1f} | {r['process_wall_s']:.1f} |"
+            f"| {r['train_seconds']:.1f} | {r['process_wall_s']:.1f} | {load:.1f} |"
         )
     for r in result["rows"]:
         if "sasrec_sequences_per_s" in r:
@@ -133,6 +233,19 @@ def markdown(result: dict) -> str:
                 f"SASRec training throughput: {r['sasrec_sequences_per_s']:.0f} sequences/s "
                 f"(batch {r['sasrec_batch_size']}, {r['sasrec_precision']}, "
                 f"{r['sasrec_windows_per_epoch']} sequences per epoch).",
+            ]
+        if "recbole" in r:
+            rb = r["recbole"]
+            own = rb["test_recbole_evaluator"]
+            lines += [
+                "",
+                f"RecBole SASRec: {rb['training_instances']} training instances per epoch (one "
+                f"per prefix), batch {rb['config']['train_batch_size']}, max {rb['max_epochs']} "
+                f"epochs, stopping step {rb['config']['stopping_step']}, "
+                + ("stopped early" if rb["stopped_early"] else "did NOT stop early (capped)")
+                + f". RecBole's own evaluator (seen items not removed): test NDCG@10 "
+                f"{own.get('ndcg@10', float('nan')):.4f}, "
+                f"HR@10 {own.get('hit@10', float('nan')):.4f}.",
             ]
     return "\n".join(lines) + "\n"
 

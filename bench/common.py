@@ -9,11 +9,15 @@ import time
 from pathlib import Path
 
 
-def run_timed(cmd: list[str], log: Path | None = None) -> tuple[float, float]:
+def run_timed(
+    cmd: list[str], log: Path | None = None, cwd: Path | None = None
+) -> tuple[float, float]:
     """Wall seconds and peak RSS (GiB) of one child process, from the kernel's rusage of it."""
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE, cwd=cwd
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)

@@ -35,6 +35,9 @@ class FeatureData:
     item_year_bucket: np.ndarray  # [I+1]
     item_popularity: np.ndarray  # [I+1] training counts
     user_features: np.ndarray | None = None  # [U+1, F] categorical codes, 0 = unknown
+    # Explicit rating of each training row (aligned with train_users), for rating models only;
+    # None when the source has no ratings or any training row lacks one.
+    train_ratings: np.ndarray | None = None
 
     def train_offsets(self) -> np.ndarray:
         """indptr of the users' training histories: rows of user u are [off[u], off[u+1])."""

@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         required=True,
-        help="popularity, itemknn, bpr_mf, sasrec or two_tower (params.yaml train.<model>)",
+        help="a model of tasks.params.MODEL_NAMES, e.g. sasrec, ease, als, gru4rec "
+        "(params.yaml train.<model>)",
     )
     p.add_argument("--features", help="features folder (default: params.yaml features.out)")
     p.add_argument("--out", help="output folder (default: params.yaml train.out/<model>)")

@@ -54,7 +54,10 @@ class FeaturesParams:
     year_bucket_size: int = 10
 
 
-MODEL_NAMES = ("popularity", "itemknn", "bpr_mf", "sasrec", "two_tower")
+# What the Prefect flow trains by default; MODEL_NAMES is every model the train stage knows.
+DEMO_MODELS = ("popularity", "itemknn", "bpr_mf", "sasrec", "two_tower")
+CLASSIC_MODELS = ("content_based", "userknn", "ease", "als", "rating_mf", "neumf", "gru4rec")
+MODEL_NAMES = DEMO_MODELS + CLASSIC_MODELS
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class TrainParams:
     """
 
     out: str = "models"
-    models: tuple[str, ...] = MODEL_NAMES
+    models: tuple[str, ...] = DEMO_MODELS
     max_epochs: int = 200
     patience: int = 10
     eval_batch_size: int = 512
@@ -77,6 +80,13 @@ class TrainParams:
     bpr_mf: dict[str, Any] = field(default_factory=dict)
     sasrec: dict[str, Any] = field(default_factory=dict)
     two_tower: dict[str, Any] = field(default_factory=dict)
+    content_based: dict[str, Any] = field(default_factory=dict)
+    userknn: dict[str, Any] = field(default_factory=dict)
+    ease: dict[str, Any] = field(default_factory=dict)
+    als: dict[str, Any] = field(default_factory=dict)
+    rating_mf: dict[str, Any] = field(default_factory=dict)
+    neumf: dict[str, Any] = field(default_factory=dict)
+    gru4rec: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

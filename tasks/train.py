@@ -170,7 +170,9 @@ def load_features(features_dir: Path):
 
     train_path = path("loo/train.parquet")
     try:
-        frame = pl.read_parquet(train_path, columns=["user_idx", "item_idx"])
+        has_rating = "rating" in pl.read_parquet_schema(train_path)
+        columns = ["user_idx", "item_idx"] + (["rating"] if has_rating else [])
+        frame = pl.read_parquet(train_path, columns=columns)
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise RecsysError(f"{train_path}: cannot read ({str(exc).splitlines()[0]})") from exc
     rows, seq = (n_users + 1,), (n_users + 1, max_len)
@@ -192,7 +194,15 @@ def load_features(features_dir: Path):
             if user_columns
             else None
         ),
+        train_ratings=_ratings(frame),
     )
+
+
+def _ratings(frame: pl.DataFrame) -> np.ndarray | None:
+    """The training rows' ratings as float32, or None when any is missing (rating models only)."""
+    if "rating" not in frame.columns or frame["rating"].null_count() > 0:
+        return None
+    return frame["rating"].to_numpy().astype(np.float32)
 
 
 # --- fitting ----------------------------------------------------------------------------------
@@ -241,7 +251,10 @@ def _fit_gradient(module, data, config, params: Params, out_dir: Path, identity:
     settings = trainer_settings(params)
     ckpt_dir = out_dir / "checkpoints"
     last = _resumable(ckpt_dir, identity)
-    lit, datamodule = module.build(data, config, params.seed)
+    try:
+        lit, datamodule = module.build(data, config, params.seed)
+    except ValueError as exc:  # data the model cannot use, e.g. rating_mf without ratings
+        raise RecsysError(str(exc)) from exc
     best_checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best-{epoch}",

@@ -1,0 +1,72 @@
+"""GRU4Rec (Hidasi et al., 2016): a GRU reads the user's items in order, its last state scores
+the next item against the (shared) item embeddings.
+
+Trained like SASRec (recsys_models.sasrec): the same training windows, batches and full-softmax
+cross-entropy at every position (the loss that made GRU4Rec competitive again; Hidasi &
+Czapienko, 2023), so the two differ only in the sequence encoder.
+
+Padding-safe by construction: histories are left-padded with item 0, whose embedding is zero,
+and the GRU has no biases, so from the zero initial state a padded step leaves the state at
+exactly zero (every gate's input is zero, the candidate state is tanh(0) = 0). The state at the
+first real item is therefore the same whatever padding precedes it, and no mask or Python loop
+over time is needed: one nn.GRU call, which exports to the ONNX GRU operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recsys_models.data import FeatureData
+from recsys_models.sasrec import SASRecData, SASRecModule
+
+
+@dataclass(frozen=True)
+class Config:
+    hidden: int = 64
+    layers: int = 1
+    dropout: float = 0.2  # on the item embeddings and the GRU's output
+    loss: str = "ce"  # "ce": softmax over the catalogue; "bce": one sampled negative
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    eval_batch_size: int = 256
+
+    def __post_init__(self):
+        if min(self.hidden, self.layers, self.batch_size, self.eval_batch_size) < 1:
+            raise ValueError("hidden, layers, batch_size and eval_batch_size must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
+            raise ValueError("lr must be > 0, weight_decay >= 0, dropout in [0, 1)")
+
+
+class GRU4Rec(nn.Module):
+    def __init__(self, n_items: int, hidden: int = 64, layers: int = 1, dropout: float = 0.2):
+        super().__init__()
+        self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        self.gru = nn.GRU(hidden, hidden, num_layers=layers, bias=False, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        nn.init.normal_(self.item_emb.weight, std=hidden**-0.5)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """GRU state after every position, [B, L, H]; zero at padded positions."""
+        real = (history > 0).unsqueeze(-1)
+        # Dropout on the embedding keeps padding at zero (0 * mask = 0); the mask by `real`
+        # makes that explicit and guards against a non-zero padding row after loading weights.
+        states, _ = self.gru(self.drop(self.item_emb(history)) * real)
+        return self.drop(states) * real
+
+    def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """Scores of every item (column 0 is padding) after the last position, [B, I+1]."""
+        return self(history)[:, -1] @ self.item_emb.weight.T
+
+
+def build(data: FeatureData, config: Config, seed: int) -> tuple[SASRecModule, SASRecData]:
+    """SASRec's LightningModule around a GRU4Rec (its `.model`) and SASRec's DataModule."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the same seed gives the same initial weights
+        model = GRU4Rec(data.n_items, config.hidden, config.layers, config.dropout)
+    return SASRecModule(model, data.n_items, config), SASRecData(data, config, seed)
