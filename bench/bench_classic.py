@@ -35,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, run_timed  # noqa: E402
+from bench.common import machine, run_timed, torch_info  # noqa: E402
 from tasks.params import MODEL_NAMES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -264,12 +264,6 @@ def coverage_at_10(data, score_fn) -> float:
             scores[batch["seen_rows"], batch["seen_cols"]] = float("-inf")
             shown[scores.topk(10, dim=1).indices.reshape(-1)] = True
     return float(shown[1:].sum()) / data.n_items
-
-
-def torch_info() -> str:
-    import torch
-
-    return f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def merge(previous: Path, rows: list[dict], rating: dict | None) -> dict:

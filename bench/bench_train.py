@@ -31,19 +31,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, run_timed  # noqa: E402
+from bench.common import machine, run_timed, torch_info  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 MODELS = ["popularity", "itemknn", "bpr_mf", "two_tower", "sasrec"]
 PEERS = ["recbole_sasrec"]  # trained by another library in its own venv, scored by our metrics
 RECBOLE_PYTHON = ROOT / ".venv-recbole" / "bin" / "python"
 TEST_KEYS = ("ndcg@10", "hr@10", "mrr", "ndcg@20")
-
-
-def torch_info() -> str:
-    import torch
-
-    return f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def main() -> None:

@@ -35,3 +35,10 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     py = platform.python_version()
     return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {py}"
+
+
+def torch_info() -> str:
+    """torch's version and thread count, which every training figure depends on."""
+    import torch
+
+    return f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
