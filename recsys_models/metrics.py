@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 
 KS = (5, 10, 20)
@@ -27,6 +28,16 @@ def target_ranks(
     model itself scores -inf ranks last among the real candidates, not behind padding and seen
     items too; a NaN score reads as -inf, so a diverged model can never rank a target first.
     """
+    return target_ranks_and_candidates(scores, targets, seen_rows, seen_cols)[0]
+
+
+def target_ranks_and_candidates(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    seen_rows: torch.Tensor | None = None,
+    seen_cols: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """target_ranks and, per row, how many items competed with the target (for the AUC)."""
     scores = scores.float()
     scores = torch.where(torch.isnan(scores), float("-inf"), scores)
     targets = targets.to(scores.device)
@@ -39,16 +50,33 @@ def target_ranks(
     competes[rows, targets] = False  # the target does not compete with itself
     higher = ((scores > target_scores) & competes).sum(dim=1)
     ties = ((scores == target_scores) & competes).sum(dim=1)
-    return 1 + higher + ties
+    return 1 + higher + ties, competes.sum(dim=1)
+
+
+def auc(ranks: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Per user, the fraction of competing items the target beats (ties count as losses).
+
+    With one target, AUC = (candidates - (rank - 1)) / candidates; a user with no competitor
+    gets 1.0 (nothing was ranked above the target).
+    """
+    ranks, candidates = ranks.float(), candidates.float()
+    beaten = candidates - (ranks - 1.0)
+    return torch.where(candidates > 0, beaten / candidates.clamp(min=1.0), torch.ones_like(ranks))
 
 
 def per_user_metrics(ranks: torch.Tensor, ks: Iterable[int] = KS) -> dict[str, torch.Tensor]:
-    """HR@K, NDCG@K (1/log2(rank+1) when rank <= K) and MRR, one value per user."""
+    """HR@K, Precision@K, Recall@K, NDCG@K (1/log2(rank+1) when rank <= K) and MRR per user.
+
+    With a single held-out target, Recall@K equals HR@K and Precision@K is HR@K / K; both are
+    reported under their usual names so tables line up with papers that list them.
+    """
     ranks = ranks.float()
     out: dict[str, torch.Tensor] = {}
     for k in ks:
         hit = ranks <= k
         out[f"hr@{k}"] = hit.float()
+        out[f"recall@{k}"] = hit.float()
+        out[f"precision@{k}"] = hit.float() / k
         out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
     out["mrr"] = 1.0 / ranks
     return out
@@ -81,3 +109,54 @@ def evaluate(
             sums[name] = sums.get(name, 0.0) + float(values.sum())
         n += len(batch["target"])
     return {name: total / max(n, 1) for name, total in sums.items()} | {"users": n}
+
+
+def sample_negatives(
+    n_items: int,
+    indptr: np.ndarray,
+    seen_items: np.ndarray,
+    users: np.ndarray,
+    targets: np.ndarray,
+    n: int = 100,
+    seed: int = 0,
+) -> np.ndarray:
+    """[B, n] items drawn uniformly without replacement from those each user never touched.
+
+    Never the target, never an item of the user's history (CSR indptr/seen_items by user), never
+    padding. Each user's draw comes from a generator seeded by (seed, user), so a user's
+    negatives do not depend on which other users share the batch. A user with fewer than n
+    untouched items gets all of them, padded with 0 (padding never competes).
+    """
+    out = np.zeros((len(users), n), dtype=np.int64)
+    for row, (user, target) in enumerate(zip(users.tolist(), targets.tolist(), strict=True)):
+        touched = set(seen_items[indptr[user] : indptr[user + 1]].tolist())
+        touched.update((0, int(target)))
+        rng = np.random.default_rng([seed, user])
+        free = n_items + 1 - len(touched)
+        if free <= n:
+            pool = np.setdiff1d(np.arange(1, n_items + 1), np.fromiter(touched, np.int64))
+            out[row, : len(pool)] = pool
+            continue
+        chosen: list[int] = []
+        picked = set(touched)
+        while len(chosen) < n:  # rejection sampling: touched items are a small share
+            for item in rng.integers(1, n_items + 1, size=2 * n).tolist():
+                if item not in picked:
+                    picked.add(item)
+                    chosen.append(item)
+                    if len(chosen) == n:
+                        break
+        out[row] = chosen
+    return out
+
+
+def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor):
+    """1-based rank of the target among itself and the sampled negatives (ties count against;
+    padding columns of `negatives` never compete). Labelled sampled: not the primary figure."""
+    scores = torch.where(torch.isnan(scores.float()), float("-inf"), scores.float())
+    rows = torch.arange(len(targets), device=scores.device)
+    target_scores = scores[rows, targets.to(scores.device)][:, None]
+    negatives = negatives.to(scores.device)
+    negative_scores = scores.gather(1, negatives)
+    competes = negatives > 0
+    return 1 + ((negative_scores >= target_scores) & competes).sum(dim=1)

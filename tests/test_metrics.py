@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from recsys_models.data import EvalDataset, FeatureData, eval_loader
-from recsys_models.metrics import evaluate, evaluate_batch, per_user_metrics, target_ranks
+from recsys_models.metrics import (
+    auc,
+    evaluate,
+    evaluate_batch,
+    per_user_metrics,
+    sample_negatives,
+    sampled_ranks,
+    target_ranks,
+    target_ranks_and_candidates,
+)
 
 NAN, INF = float("nan"), float("inf")
 
@@ -155,3 +164,53 @@ def test_evaluation_scores_in_full_precision_even_under_autocast():
         assert score(batch["user"], batch["history"]).dtype == torch.bfloat16
         metrics = evaluate_batch(score, batch)
     assert metrics["mrr"].tolist() == [1.0]
+
+
+def test_auc_precision_and_recall_match_hand_computed_values():
+    # Items 1..5; user 0 has seen item 1, so items 2, 4, 5 compete with target 3 (score 0.5):
+    # item 4 scores higher, item 5 ties (a loss), item 2 lower -> rank 3, AUC 1/3.
+    scores = torch.tensor([[0.0, 0.9, 0.1, 0.5, 0.7, 0.5]])
+    rank, candidates = target_ranks_and_candidates(
+        scores, torch.tensor([3]), torch.tensor([0]), torch.tensor([1])
+    )
+    assert rank.tolist() == [3] and candidates.tolist() == [3]
+    assert auc(rank, candidates).tolist() == pytest.approx([1 / 3])
+    metrics = per_user_metrics(rank, ks=(1, 5))
+    assert metrics["precision@5"].tolist() == [pytest.approx(0.2)]
+    assert metrics["recall@5"].tolist() == [1.0]
+    assert metrics["precision@1"].tolist() == [0.0] and metrics["recall@1"].tolist() == [0.0]
+
+
+def test_auc_is_one_for_a_target_above_every_candidate_and_zero_below():
+    ranks_, candidates = torch.tensor([1, 5]), torch.tensor([4, 4])
+    assert auc(ranks_, candidates).tolist() == [1.0, 0.0]
+
+
+def test_sampled_negatives_avoid_target_and_history_and_repeat_by_seed():
+    n_items = 50
+    indptr = np.array([0, 0, 3, 5])  # user 1 saw 1, 2, 3; user 2 saw 10, 11
+    seen = np.array([1, 2, 3, 10, 11])
+    users, targets = np.array([1, 2]), np.array([4, 12])
+    negatives = sample_negatives(n_items, indptr, seen, users, targets, n=30, seed=7)
+    assert negatives.shape == (2, 30)
+    for row, forbidden in ((0, {0, 1, 2, 3, 4}), (1, {0, 10, 11, 12})):
+        assert not forbidden & set(negatives[row].tolist())
+        assert len(set(negatives[row].tolist())) == 30  # without replacement
+    again = sample_negatives(n_items, indptr, seen, users, targets, n=30, seed=7)
+    assert (again == negatives).all()
+    alone = sample_negatives(n_items, indptr, seen, users[1:], targets[1:], n=30, seed=7)
+    assert (alone[0] == negatives[1]).all()  # a user's draw does not depend on the batch
+    other = sample_negatives(n_items, indptr, seen, users, targets, n=30, seed=8)
+    assert (other != negatives).any()
+
+
+def test_sampled_negatives_take_every_free_item_when_too_few_are_left():
+    indptr, seen = np.array([0, 0, 3]), np.array([1, 2, 3])
+    negatives = sample_negatives(5, indptr, seen, np.array([1]), np.array([4]), n=10, seed=0)
+    assert negatives[0].tolist() == [5] + [0] * 9
+
+
+def test_sampled_rank_counts_ties_against_and_ignores_padding():
+    scores = torch.tensor([[9.0, 0.1, 0.5, 0.5, 0.9]])
+    negatives = torch.tensor([[1, 3, 4, 0]])
+    assert sampled_ranks(scores, torch.tensor([2]), negatives).tolist() == [3]
