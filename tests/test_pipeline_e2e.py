@@ -78,7 +78,9 @@ def test_dvc_repro_runs_the_stages_and_a_second_repro_changes_nothing(project: P
     run(["dvc", "commit", "-q", "-f", "data.dvc"], project, env)
     first = run(["dvc", "repro"], project, env)
     stages = ["ingest", "validate", "features", "fit@popularity", "fit@itemknn"]
+    stages += ["fit@content_based", "fit@userknn", "fit@ease", "fit@als"]
     stages += ["train@bpr_mf", "train@sasrec", "train@two_tower"]
+    stages += ["train@rating_mf", "train@neumf", "train@gru4rec"]
     for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
     assert json.loads((project / "models/sasrec/metrics.json").read_text())["ndcg@10"] >= 0
