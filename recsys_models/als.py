@@ -107,3 +107,10 @@ def fit(data: FeatureData, config: Config, seed: int) -> ALS:
         users = solve_side(matrix, items, config.reg, config.alpha)
         items = solve_side(transposed, users, config.reg, config.alpha)
     return ALS(users, items)
+
+
+def empty(data: FeatureData, config: Config) -> ALS:
+    """An ALS of the right shapes for load_model to fill from weights.pt, without refitting."""
+    return ALS(
+        torch.zeros(data.n_users + 1, config.factors), torch.zeros(data.n_items + 1, config.factors)
+    )

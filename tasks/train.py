@@ -392,7 +392,9 @@ def load_model(model_dir: Path, data: Any, seed: int = 0) -> Any:
         raise RecsysError(f"{weights}: sha256 differs from the one {config_file} records")
     module = import_model(name)
     config = build_config(module.Config, fields, f"{config_file}: config")
-    if hasattr(module, "fit"):
+    if hasattr(module, "empty"):  # closed form, but too slow to refit just for the shapes
+        net = module.empty(data, config)
+    elif hasattr(module, "fit"):
         net = module.fit(data, config, seed)
     else:
         net = module.build(data, config, seed)[0].model
