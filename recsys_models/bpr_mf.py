@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from recsys_models.data import FeatureData, eval_loader, shuffled_batches
-from recsys_models.metrics import evaluate_batch
+from recsys_models.lightning_base import RankingModule
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def interaction_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> torc
     return torch.from_numpy(keys)
 
 
-class BPRModule(L.LightningModule):
+class BPRModule(RankingModule):
     def __init__(self, model: BPRMF, data: FeatureData, config: Config):
         super().__init__()
         self.model, self.config, self.n_items = model, config, data.n_items
@@ -116,18 +116,6 @@ class BPRModule(L.LightningModule):
         # L2 on the rows a batch touches (not Adam's weight decay, which would shrink every
         # row at every step, however rarely its item is seen).
         return -F.logsigmoid(margin).mean() + self.config.l2 * used.mean()
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch))
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        metrics = evaluate_batch(self.model.score, batch)
-        log = {"on_epoch": True, "batch_size": len(batch["target"])}
-        self.log("val_ndcg@10", metrics["ndcg@10"].mean(), prog_bar=True, **log)
-        self.log("val_hr@10", metrics["hr@10"].mean(), **log)
-        self.log("val_mrr", metrics["mrr"].mean(), **log)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.config.lr)

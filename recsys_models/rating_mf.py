@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from recsys_models.data import FeatureData, eval_loader, shuffled_batches
-from recsys_models.metrics import evaluate_batch
+from recsys_models.lightning_base import RankingModule
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class RatingData(L.LightningDataModule):
         return eval_loader(self.data, "val", self.config.eval_batch_size)
 
 
-class RatingModule(L.LightningModule):
+class RatingModule(RankingModule):
     def __init__(self, model: RatingMF, config: Config):
         super().__init__()
         self.model, self.config = model, config
@@ -113,18 +113,6 @@ class RatingModule(L.LightningModule):
         predicted, norm = self.model.predict_and_norm(users, items)
         error = F.mse_loss(predicted, rows[:, 2].to(predicted.dtype))
         return error + self.config.l2 * norm.mean()
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch))
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        metrics = evaluate_batch(self.model.score, batch)
-        log = {"on_epoch": True, "batch_size": len(batch["target"])}
-        self.log("val_ndcg@10", metrics["ndcg@10"].mean(), prog_bar=True, **log)
-        self.log("val_hr@10", metrics["hr@10"].mean(), **log)
-        self.log("val_mrr", metrics["mrr"].mean(), **log)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.config.lr)

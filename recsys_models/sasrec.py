@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from recsys_models.data import FeatureData, eval_loader, shuffled_batches
-from recsys_models.metrics import evaluate_batch
+from recsys_models.lightning_base import RankingModule
 
 LOSSES = ("ce", "bce")
 
@@ -158,7 +158,7 @@ class SASRecData(L.LightningDataModule):
         return eval_loader(self.data, "val", self.config.eval_batch_size)
 
 
-class SASRecModule(L.LightningModule):
+class SASRecModule(RankingModule):
     def __init__(self, model: SASRec, n_items: int, config: Config):
         super().__init__()
         if config.loss not in LOSSES:
@@ -181,19 +181,6 @@ class SASRecModule(L.LightningModule):
         return F.binary_cross_entropy_with_logits(
             torch.cat([pos, neg]), torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])
         )
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch))
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        metrics = evaluate_batch(self.model.score, batch)
-        n = len(batch["target"])
-        log = {"on_epoch": True, "batch_size": n}
-        self.log("val_ndcg@10", metrics["ndcg@10"].mean(), prog_bar=True, **log)
-        self.log("val_hr@10", metrics["hr@10"].mean(), **log)
-        self.log("val_mrr", metrics["mrr"].mean(), **log)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(

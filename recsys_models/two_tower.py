@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from recsys_models.data import FeatureData, eval_loader
-from recsys_models.metrics import evaluate_batch
+from recsys_models.lightning_base import RankingModule
 
 # A finite "minus infinity": masked logits stay finite, so a row whose logits are all masked
 # but its positive still gives a finite loss.
@@ -188,7 +188,7 @@ def items_in_history(history: torch.Tensor, candidates: torch.Tensor, n_ids: int
     return torch.isin(keys, seen)
 
 
-class TwoTowerModule(lightning.LightningModule):
+class TwoTowerModule(RankingModule):
     def __init__(self, data: FeatureData, config: Config):
         super().__init__()
         self.config = config
@@ -224,20 +224,6 @@ class TwoTowerModule(lightning.LightningModule):
             mask[:, : len(target)] |= same_user
             mask |= items_in_history(history, candidates, self.model.n_items + 1)
         return sampled_softmax_loss(scores, log_q, mask)
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["target"]))
-        return loss
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        metrics = evaluate_batch(self.model.score, batch)
-        n = len(batch["target"])
-        self.log(
-            "val_ndcg@10", metrics["ndcg@10"].mean(), on_epoch=True, prog_bar=True, batch_size=n
-        )
-        self.log("val_hr@10", metrics["hr@10"].mean(), on_epoch=True, batch_size=n)
-        self.log("val_mrr", metrics["mrr"].mean(), on_epoch=True, batch_size=n)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
