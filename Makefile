@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic clean
+.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval serve bench-serve clean
 
 venv: $(STAMP)
 
@@ -37,9 +37,9 @@ demo: data
 repro: data
 	$(BIN)/dvc repro
 
-# Every model's stage (dvc.yaml fit@<name>, train@<name>) and what they depend on.
+# Every model's stage (dvc.yaml fit@<name>, train@<name>, temporal@<name>) and their inputs.
 train: data
-	$(BIN)/dvc repro fit train
+	$(BIN)/dvc repro fit train temporal
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -56,7 +56,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-data bench-train
+bench: bench-data bench-train bench-eval
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/bench_data.py
@@ -77,6 +77,11 @@ bench-train: data .venv-recbole/.installed
 	.venv-recbole/bin/python -m pip install -q torch==2.13.0 recbole==1.2.1 'numpy<2' 'setuptools<81'
 	touch $@
 
+# `recsys evaluate` on MovieLens-100K (every model `make train` trained) and on the synthetic
+# generator at 25M interactions: wall time and peak RSS (bench/results/eval.md).
+bench-eval: train
+	$(BIN)/python bench/bench_eval.py
+
 # Every model of the registry on MovieLens-100K (NDCG@10, HR@10, coverage@10, train time), with
 # implicit's ALS and surprise's SVD as peers from a venv of their own (never imported by us).
 bench-classic: data .venv-peers/.installed
@@ -87,6 +92,18 @@ bench-classic: data .venv-peers/.installed
 	$(PYTHON) -m venv .venv-peers
 	.venv-peers/bin/python -m pip install -q implicit==0.7.3 scikit-surprise==1.1.5 'numpy<2'
 	touch $@
+
+# The champion of artifacts/ (recsys export, then recsys promote) behind HTTP on loopback.
+PORT ?= 8000
+serve: $(STAMP)
+	$(BIN)/python -m deploy.service --artifacts artifacts --host 127.0.0.1 --port $(PORT)
+
+# SASRec on MovieLens-100K: onnxruntime vs torch eager, then HTTP load at concurrency 1, 8, 32
+# (SERVE_SECONDS per measurement) -> bench/results/serve.{json,md}.
+SERVE_SECONDS ?= 30
+bench-serve: data
+	$(BIN)/dvc repro train@sasrec
+	$(BIN)/python bench/bench_serve.py --duration $(SERVE_SECONDS)
 
 clean:
 	rm -rf data/interim data/features reports models artifacts

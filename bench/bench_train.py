@@ -23,6 +23,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -32,11 +33,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import machine, run_timed, torch_info  # noqa: E402
+from tasks.io import file_sha256  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 MODELS = ["popularity", "itemknn", "bpr_mf", "two_tower", "sasrec"]
 PEERS = ["recbole_sasrec"]  # trained by another library in its own venv, scored by our metrics
 RECBOLE_PYTHON = ROOT / ".venv-recbole" / "bin" / "python"
+# Kept until RecBole's run completes, so an interrupted run resumes there (git ignores it).
+RECBOLE_WORK = ROOT / "bench" / "work" / "recbole_sasrec"
 TEST_KEYS = ("ndcg@10", "hr@10", "mrr", "ndcg@20")
 
 
@@ -62,7 +66,7 @@ def main() -> None:
             load_before = os.getloadavg()[1]
             started = dt.datetime.now().isoformat(timespec="seconds")
             if name == "recbole_sasrec":
-                row = bench_recbole(data, Path(tmp) / name, args.recbole_epochs, params.seed)
+                row = bench_recbole(data, RECBOLE_WORK, args.recbole_epochs, params.seed)
             else:
                 row = bench_ours(name, data, params, args, Path(tmp) / name)
             row |= {
@@ -108,7 +112,13 @@ def bench_recbole(data, folder: Path, epochs: int, seed: int) -> dict:
     if not RECBOLE_PYTHON.is_file():
         raise SystemExit(f"{RECBOLE_PYTHON}: missing; run `make .venv-recbole` first")
     inputs, out = folder / "input", folder / "out"
+    shutil.rmtree(inputs, ignore_errors=True)
     write_recbole_input(data, inputs)
+    stamp = folder / "input.sha256"
+    digest = file_sha256(inputs / "ours" / "ours.inter")
+    if not stamp.is_file() or stamp.read_text() != digest:  # other data: no resuming
+        shutil.rmtree(out, ignore_errors=True)
+        stamp.write_text(digest)
     cmd = [str(RECBOLE_PYTHON), str(ROOT / "bench" / "recbole_sasrec.py")]
     cmd += ["--data", str(inputs), "--out", str(out), "--epochs", str(epochs), "--seed", str(seed)]
     # In its own folder: RecBole writes log/ and log_tensorboard/ into the working directory.
@@ -116,6 +126,7 @@ def bench_recbole(data, folder: Path, epochs: int, seed: int) -> dict:
     rb = json.loads((out / "result.json").read_text())
     val = score_split(data, "val", np.load(out / "val_scores.npy"))
     test = score_split(data, "test", np.load(out / "test_scores.npy"))
+    shutil.rmtree(folder)  # complete: the next benchmark run starts afresh
     return {
         "model": "recbole_sasrec",
         "test": {k: round(test[k], 4) for k in TEST_KEYS},

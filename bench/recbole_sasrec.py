@@ -11,6 +11,8 @@ items removed; RecBole's full-sort evaluator for sequential models does not remo
 
     python bench/recbole_sasrec.py --data DIR --out DIR [--epochs 300]
 
+An interrupted run resumes from --out/resume.pt when started again with the same --out.
+
 DIR (data) holds ours/ours.inter, val_input.npy and test_input.npy ([U+1, L] left-padded item
 indices, 0 = padding). Writes result.json, val_scores.npy and test_scores.npy ([U+1, I+1],
 column 0 = -inf) under --out.
@@ -76,23 +78,55 @@ def main() -> None:
     trainer = Trainer(config, model)
 
     # The best epoch's weights are kept in memory rather than in RecBole's checkpoint file:
-    # RecBole reloads that file with a plain torch.load, which torch >= 2.6 refuses.
+    # RecBole reloads that file with a plain torch.load, which torch >= 2.6 refuses. After
+    # every epoch the whole training state goes to resume.pt (plain tensors and numbers), so a
+    # run that is interrupted (RecBole needs hours on a 2-core CPU) goes on from its last epoch
+    # with the same shuffling and dropout draws; the seconds add up over the pieces.
+    resume_file = args.out / "resume.pt"
     curve: list[dict] = []
     best = {"score": float("-inf"), "state": None}
+    done_seconds = 0.0
+    if resume_file.is_file():
+        saved_state = torch.load(resume_file, weights_only=True)
+        model.load_state_dict(saved_state["model"])
+        trainer.optimizer.load_state_dict(saved_state["optimizer"])
+        trainer.start_epoch = saved_state["next_epoch"]
+        trainer.cur_step = saved_state["cur_step"]
+        trainer.best_valid_score = saved_state["best_valid_score"]
+        train_data.generator.set_state(saved_state["loader_rng"])
+        torch.set_rng_state(saved_state["torch_rng"])
+        curve, best = saved_state["curve"], saved_state["best"]
+        done_seconds = saved_state["seconds"]
+        if trainer.cur_step >= trainer.stopping_step:  # it had stopped early: nothing to train
+            trainer.start_epoch = trainer.epochs
+        print(f"resuming at epoch {trainer.start_epoch + 1} ({done_seconds:.0f} s done)")
     start = time.perf_counter()
 
     def after_epoch(epoch: int, valid_score: float) -> None:
-        elapsed = time.perf_counter() - start
+        elapsed = done_seconds + time.perf_counter() - start
         curve.append({"epoch": epoch + 1, "val_ndcg@10": float(valid_score), "elapsed_s": elapsed})
         print(f"epoch {epoch + 1}: val NDCG@10 {valid_score:.4f} at {elapsed:.0f} s", flush=True)
         if valid_score > best["score"]:
             best["score"] = float(valid_score)
             best["state"] = copy.deepcopy(model.state_dict())
+        state = {
+            "model": model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "next_epoch": epoch + 1,
+            "cur_step": trainer.cur_step,
+            "best_valid_score": float(trainer.best_valid_score),
+            "loader_rng": train_data.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "curve": curve,
+            "best": best,
+            "seconds": elapsed,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        torch.save(state, args.out / "resume.tmp")
+        (args.out / "resume.tmp").replace(resume_file)
 
-    best_score, _ = trainer.fit(
-        train_data, valid_data, saved=False, show_progress=False, callback_fn=after_epoch
-    )
-    train_seconds = time.perf_counter() - start
+    trainer.fit(train_data, valid_data, saved=False, show_progress=False, callback_fn=after_epoch)
+    train_seconds = done_seconds + time.perf_counter() - start
     model.load_state_dict(best["state"])
     own_test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
 
@@ -112,7 +146,7 @@ def main() -> None:
         "max_epochs": args.epochs,
         "stopped_early": len(curve) < args.epochs,
         "train_seconds": round(train_seconds, 1),
-        "best_val_ndcg@10_recbole": float(best_score),
+        "best_val_ndcg@10_recbole": float(best["score"]),
         "test_recbole_evaluator": {k: float(v) for k, v in own_test.items()},
         "config": {
             key: config[key]

@@ -1,4 +1,5 @@
-"""The Prefect flow: ingest -> validate -> features -> train, composed from the stage functions.
+"""The Prefect flow: ingest -> validate -> features -> train -> evaluate, composed from the
+stage functions.
 
 The tasks are thin wrappers: all logic lives in tasks/, so `dvc repro` and this flow run the
 very same code. Bad input (RecsysError) is never retried; I/O that can fail transiently is.
@@ -14,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.errors import RecsysError
+from tasks.evaluate import model_dir
 from tasks.params import load_params
 
 
@@ -77,10 +79,24 @@ def features_task(interim: str, out: str, params: Any, seed: int, validation: st
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(model: str, features: str, out: str, params: Any) -> dict[str, Any]:
+def train_task(
+    model: str, features: str, out: str, params: Any, protocol: str = "loo"
+) -> dict[str, Any]:
     from tasks.train import train
 
-    return train(model=model, features_dir=Path(features), out_dir=Path(out), params=params)
+    return train(
+        model=model, features_dir=Path(features), out_dir=Path(out), params=params,
+        protocol=protocol,
+    )  # fmt: skip
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(features: str, models: str, out: str, params: Any) -> dict[str, Any]:
+    from tasks.evaluate import evaluate
+
+    return evaluate(
+        features_dir=Path(features), models_dir=Path(models), out_dir=Path(out), params=params
+    )
 
 
 TRAIN_COLUMNS = ("ndcg@10", "hr@10", "mrr", "ndcg@20", "hr@20", "epochs", "train_seconds")
@@ -89,7 +105,7 @@ TRAIN_COLUMNS = ("ndcg@10", "hr@10", "mrr", "ndcg@20", "hr@20", "epochs", "train
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = ["# recsys pipeline: data summary", ""]
     for stage, figures in summary.items():
-        if stage == "train":
+        if stage in ("train", "evaluate", "report"):
             continue
         lines += [f"## {stage}", "", "| field | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in figures.items() if not isinstance(v, (dict, list))]
@@ -146,13 +162,25 @@ def recsys_pipeline(
     )
     logger.info("features in %s", params.features.out)
     summary["train"] = {}
-    for model in params.train.models:
-        out = str(Path(params.train.out) / model)
-        summary["train"][model] = train_task(model, params.features.out, out, params)
-        logger.info("%s trained into %s", model, out)
+    for protocol in params.evaluate.protocols:
+        for model in params.train.models:
+            out = str(model_dir(params.train.out, model, protocol))
+            metrics = train_task(model, params.features.out, out, params, protocol)
+            if protocol == "loo":
+                summary["train"][model] = metrics
+            logger.info("%s (%s) trained into %s", model, protocol, out)
     create_markdown_artifact(
         markdown=summary_markdown(summary),
         key="data-summary",
         description="Rows, users, items, validation result and model metrics of this run",
     )
+    evaluation = evaluate_task(params.features.out, params.train.out, params.evaluate.out, params)
+    summary["evaluate"] = evaluation["decision"]
+    create_markdown_artifact(
+        markdown=evaluation["report"],
+        key="evaluation-report",
+        description="Every model under both protocols, champion vs challenger, the decision",
+    )
+    logger.info("evaluation report in %s", params.evaluate.out)
+    summary["report"] = evaluation["report"]
     return summary

@@ -38,6 +38,11 @@ class FeatureData:
     # Explicit rating of each training row (aligned with train_users), for rating models only;
     # None when the source has no ratings or any training row lacks one.
     train_ratings: np.ndarray | None = None
+    # Set by the global temporal protocol only (tasks/train.load_features): what each user did
+    # before the test cut and every item they consumed after it, both CSR (indptr, items) by
+    # user. Leave-one-out derives both from the arrays above: one target, seen = train + val.
+    test_seen: tuple[np.ndarray, np.ndarray] | None = None
+    test_target_sets: tuple[np.ndarray, np.ndarray] | None = None
 
     def train_offsets(self) -> np.ndarray:
         """indptr of the users' training histories: rows of user u are [off[u], off[u+1])."""
@@ -48,6 +53,8 @@ class FeatureData:
         """CSR (indptr, items) of what each user interacted with before the split's target."""
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        if split == "test" and self.test_seen is not None:
+            return self.test_seen
         users, items = self.train_users, self.train_items
         if split == "test":
             has_val = np.flatnonzero(self.val_target > 0)
@@ -66,6 +73,15 @@ class FeatureData:
             return self.test_input, self.test_target
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
 
+    def target_sets(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """CSR (indptr, items) of every target of each user: one under leave-one-out, all the
+        items consumed after the cut under the global temporal protocol's test split."""
+        if split == "test" and self.test_target_sets is not None:
+            return self.test_target_sets
+        targets = self.targets(split)[1]
+        indptr = np.concatenate([[0], np.cumsum(targets > 0)])
+        return indptr, targets[targets > 0].astype(np.int64)
+
 
 class EvalDataset(Dataset):
     """One row per user who has a target in the split."""
@@ -75,6 +91,7 @@ class EvalDataset(Dataset):
         self.users = np.flatnonzero(targets > 0)
         self.inputs, self.targets = inputs, targets
         self.indptr, self.seen_items = data.seen(split)
+        self.target_indptr, self.target_items = data.target_sets(split)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -92,9 +109,18 @@ class EvalDataset(Dataset):
             "user": torch.from_numpy(u),
             "history": torch.from_numpy(np.ascontiguousarray(self.inputs[u], dtype=np.int64)),
             "target": torch.from_numpy(self.targets[u].astype(np.int64)),
+            "targets": torch.from_numpy(self._target_block(u)),
             "seen_rows": torch.from_numpy(rows),
             "seen_cols": torch.from_numpy(cols.astype(np.int64)),
         }
+
+    def _target_block(self, u: np.ndarray) -> np.ndarray:
+        """[B, T] every target of each user, right-padded with 0 (T: the batch's largest set)."""
+        starts, ends = self.target_indptr[u], self.target_indptr[u + 1]
+        out = np.zeros((len(u), max(1, int((ends - starts).max(initial=0)))), dtype=np.int64)
+        for row, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            out[row, : e - s] = self.target_items[s:e]
+        return out
 
 
 def eval_loader(data: FeatureData, split: str, batch_size: int = 256) -> DataLoader:

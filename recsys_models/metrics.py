@@ -152,11 +152,88 @@ def sample_negatives(
 
 def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor):
     """1-based rank of the target among itself and the sampled negatives (ties count against;
-    padding columns of `negatives` never compete). Labelled sampled: not the primary figure."""
+    padding columns of `negatives` never compete). Labelled sampled: not the primary figure.
+
+    targets: [B] or [B, T] (several targets of a user, each ranked against the same negatives;
+    0 = no target, its rank is meaningless and must be masked by the caller).
+    """
     scores = torch.where(torch.isnan(scores.float()), float("-inf"), scores.float())
-    rows = torch.arange(len(targets), device=scores.device)
-    target_scores = scores[rows, targets.to(scores.device)][:, None]
+    single = targets.dim() == 1
+    targets = targets.to(scores.device).reshape(len(scores), -1)
+    target_scores = scores.gather(1, targets)[:, :, None]  # [B, T, 1]
     negatives = negatives.to(scores.device)
-    negative_scores = scores.gather(1, negatives)
-    competes = negatives > 0
-    return 1 + ((negative_scores >= target_scores) & competes).sum(dim=1)
+    negative_scores = scores.gather(1, negatives)[:, None, :]  # [B, 1, n]
+    competes = (negatives > 0)[:, None, :]
+    ranks = 1 + ((negative_scores >= target_scores) & competes).sum(dim=2)
+    return ranks[:, 0] if single else ranks
+
+
+def target_positions(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    seen_rows: torch.Tensor | None = None,
+    seen_cols: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each of a user's targets lands in their full ranking, for one or many targets.
+
+    targets: [B, T] item indices, 0 = no target. The candidates are every item except padding,
+    the seen items and the user's targets; a target's position is 1 + the candidates scored
+    higher or equal (ties count against the model) + the user's targets scored above it. With
+    one target per row this is exactly target_ranks. Returns positions [B, T] (float, sorted
+    ascending, inf where there is no target) and, per target, the fraction of candidates it
+    beats (for the AUC; 1.0 when there is no candidate), in the same order.
+
+    Sorting each row once and counting with searchsorted keeps memory at O(B * items) however
+    many targets a user has.
+    """
+    scores = scores.float()
+    scores = torch.where(torch.isnan(scores), float("-inf"), scores)
+    targets = targets.to(scores.device)
+    n_cols = scores.shape[1]
+    competes = torch.ones_like(scores, dtype=torch.bool)
+    competes[:, 0] = False
+    if seen_rows is not None and seen_cols is not None and seen_rows.numel():
+        competes[seen_rows.to(scores.device), seen_cols.to(scores.device)] = False
+    competes.scatter_(1, targets, False)  # column 0 (no target) is off already
+    candidates = competes.sum(dim=1, keepdim=True)
+    valid = targets > 0
+    target_scores = torch.where(valid, scores.gather(1, targets), float("inf"))
+    # Candidates scored >= each target: every column at or above it in the masked, sorted row,
+    # less the masked columns (all -inf) when the target itself is -inf.
+    masked = torch.where(competes, scores, float("-inf")).sort(dim=1).values
+    at_or_above = n_cols - torch.searchsorted(masked, target_scores.contiguous())
+    at_or_above = at_or_above - torch.where(target_scores == float("-inf"), n_cols - candidates, 0)
+    order = torch.argsort(torch.where(valid, -target_scores, float("inf")), dim=1, stable=True)
+    at_or_above = at_or_above.gather(1, order)
+    valid = valid.gather(1, order)
+    above_targets = torch.arange(targets.shape[1], device=scores.device)[None, :]
+    positions = torch.where(valid, 1.0 + at_or_above + above_targets, float("inf"))
+    c = candidates.float()
+    beaten = torch.where(c > 0, (c - at_or_above) / c.clamp(min=1.0), torch.ones_like(c))
+    return positions, torch.where(valid, beaten, float("nan"))
+
+
+def set_metrics(
+    positions: torch.Tensor, beaten: torch.Tensor, ks: Iterable[int] = KS
+) -> dict[str, torch.Tensor]:
+    """Per-user HR, Precision, Recall, NDCG at each K, MRR and AUC from target_positions.
+
+    Recall@K is the share of the user's targets in the top K, Precision@K the hits over K,
+    NDCG@K the DCG over the ideal DCG of min(targets, K) hits; MRR reads the best target. With
+    one target they equal per_user_metrics and auc.
+    """
+    n_targets = torch.isfinite(positions).sum(dim=1).clamp(min=1).float()
+    out: dict[str, torch.Tensor] = {}
+    gains = torch.where(torch.isfinite(positions), 1.0 / torch.log2(positions + 1.0), 0.0)
+    for k in ks:
+        hit = positions <= k
+        hits = hit.sum(dim=1).float()
+        ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float32)), 0)
+        ideal_k = ideal.to(positions.device)[(n_targets.clamp(max=k) - 1).long()]
+        out[f"hr@{k}"] = (hits > 0).float()
+        out[f"recall@{k}"] = hits / n_targets
+        out[f"precision@{k}"] = hits / k
+        out[f"ndcg@{k}"] = torch.where(hit, gains, 0.0).sum(dim=1) / ideal_k
+    out["mrr"] = 1.0 / positions[:, 0]
+    out["auc"] = beaten.nan_to_num(0.0).sum(dim=1) / n_targets
+    return out

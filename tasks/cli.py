@@ -30,6 +30,11 @@ def print_summary(title: str, summary: dict[str, Any]) -> None:
             print(f"  {key}: {value}")
 
 
+def print_decision(verdict: dict[str, Any]) -> None:
+    action = f"promote {verdict['model']}" if verdict["promote"] else "keep the champion"
+    print(f"decision: {action} ({verdict['reason']})")
+
+
 def cmd_fetch(args: argparse.Namespace) -> None:
     from tasks.movielens import fetch_movielens
 
@@ -94,16 +99,63 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from tasks.evaluate import model_dir
     from tasks.train import train
 
     params = load_params(args.params)
     metrics = train(
         model=args.model,
         features_dir=Path(args.features or params.features.out),
-        out_dir=Path(args.out or Path(params.train.out) / args.model),
+        out_dir=Path(args.out or model_dir(params.train.out, args.model, args.protocol)),
+        params=params,
+        protocol=args.protocol,
+    )
+    print_summary(f"train {args.model} ({args.protocol} validation, full ranking)", metrics)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from tasks.export import export
+
+    params = load_params(args.params)
+    manifest = export(
+        name=args.model,
+        models_dir=Path(args.models_dir or params.train.out),
+        features_dir=Path(args.features or params.features.out),
+        artifacts_dir=Path(args.out),
+    )
+    parity, latency = manifest["parity"], manifest["latency"]
+    print_summary(
+        f"export {args.model}",
+        {
+            "version": manifest["version"],
+            "folder": str(Path(args.out) / args.model / manifest["version"]),
+            "parity": f"max abs diff {parity['max_abs_diff']:.2g}, "
+            f"top-10 agreement {parity['top10_agreement']:.4f} ({parity['rows']} rows)",
+            "latency": f"p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms (batch 1)",
+        },
+    )
+    print(f"promote it with: recsys promote {args.model} {manifest['version']}")
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from tasks.registry import promote
+
+    pointer = promote(Path(args.artifacts), args.model, args.version, args.reason)
+    print_summary("champion", pointer)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from tasks.evaluate import evaluate
+
+    params = load_params(args.params)
+    summary = evaluate(
+        features_dir=Path(args.features or params.features.out),
+        models_dir=Path(args.models or params.train.out),
+        out_dir=Path(args.out or params.evaluate.out),
         params=params,
     )
-    print_summary(f"train {args.model} (validation, full ranking)", metrics)
+    print(summary["report"])
+    print_decision(summary["decision"]["verdict"])
 
 
 def cmd_flow_run(args: argparse.Namespace) -> None:
@@ -116,7 +168,11 @@ def cmd_flow_run(args: argparse.Namespace) -> None:
     overrides = dict(_parse_override(item) for item in args.set)
     summary = recsys_pipeline(params_path=args.params, overrides=overrides, fetch=not args.no_fetch)
     print(summary_markdown(summary))
-    print("(published as the Prefect artifact `data-summary`)")
+    print("(published as the Prefect artifact `data-summary`)\n")
+    report = summary["report"]
+    print(report[report.index("## Champion") :])  # the comparison tables end the report
+    print_decision(summary["evaluate"]["verdict"])
+    print("(full report: reports/evaluation/report.html; Prefect artifact `evaluation-report`)")
 
 
 def _parse_override(item: str) -> tuple[str, object]:
@@ -201,6 +257,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--features", help="features folder (default: params.yaml features.out)")
     p.add_argument("--out", help="output folder (default: params.yaml train.out/<model>)")
+    p.add_argument(
+        "--protocol",
+        choices=["loo", "temporal"],
+        default="loo",
+        help="split to train on: leave-one-out (default) or the global temporal split "
+        "(written to <model>/temporal/)",
+    )
+    _add_params(p)
+
+    p = add("export", cmd_export, "Export a trained model to ONNX: artifacts/<model>/<version>/.")
+    p.add_argument("--model", required=True, help="a folder of --models-dir, e.g. sasrec")
+    p.add_argument("--models-dir", help="trained models (default: params.yaml train.out)")
+    p.add_argument("--features", help="features folder (default: params.yaml features.out)")
+    p.add_argument("--out", default="artifacts", help="artifacts folder (default: artifacts)")
+    _add_params(p)
+
+    p = add("promote", cmd_promote, "Make an exported version the champion the server serves.")
+    p.add_argument("model", help="model name, a folder of --artifacts")
+    p.add_argument("version", help="a version folder of artifacts/<model>/")
+    p.add_argument("--reason", default="manual promotion", help="why (kept in champion.json)")
+    p.add_argument("--artifacts", default="artifacts", help="artifacts folder (default: artifacts)")
+
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "Score every trained model (full and sampled ranking, beyond accuracy, both protocols), "
+        "compare challengers with the champion, write the report and decision.",
+    )
+    p.add_argument("--features", help="features folder (default: params.yaml features.out)")
+    p.add_argument("--models", help="trained models folder (default: params.yaml train.out)")
+    p.add_argument("--out", help="report folder (default: params.yaml evaluate.out)")
     _add_params(p)
 
     flow = sub.add_parser("flow", help="Run the Prefect flow.", description="Prefect flows.")

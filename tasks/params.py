@@ -90,12 +90,45 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class GuardrailParams:
+    """How far a challenger may fall behind the champion on beyond-accuracy metrics (at K=10)
+    and still be promoted; each is compared with the champion's value on the same users."""
+
+    max_coverage_drop: float = 0.2  # relative: challenger >= champion * (1 - this)
+    max_diversity_drop: float = 0.1  # relative, on intra-list diversity
+    max_popularity_bias_increase: float = 0.05  # absolute, on the mean popularity percentile
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    cold_history_max: int = 30  # users with at most this many interactions before the target
+    heavy_history_min: int = 200  # users with at least this many
+    head_item_fraction: float = 0.2  # the most popular items, by training count: the head
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    out: str = "reports/evaluation"
+    artifacts: str = "artifacts"  # the registry: artifacts/champion.json names the champion
+    protocols: tuple[str, ...] = ("loo", "temporal")  # loo is the primary protocol
+    primary_metric: str = "ndcg@10"
+    baselines: tuple[str, ...] = ("popularity", "itemknn", "bpr_mf")  # first champion: the best
+    sampled_negatives: int = 100
+    alpha: float = 0.05  # significance level of the paired test
+    bootstrap_samples: int = 2000
+    memory_budget_mb: int = 512  # score matrix per batch of users: sets the batch size
+    guardrails: GuardrailParams = field(default_factory=GuardrailParams)
+    segments: SegmentParams = field(default_factory=SegmentParams)
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     ingest: IngestParams = field(default_factory=IngestParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
     features: FeaturesParams = field(default_factory=FeaturesParams)
     train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
 
 def _build(cls: type, data: Any, where: str, source: str) -> Any:

@@ -39,18 +39,24 @@ RUN_FILE = "run.json"
 METRIC_KEYS = ("ndcg@5", "ndcg@10", "ndcg@20", "hr@5", "hr@10", "hr@20", "mrr", "users")
 
 
-def train(model: str, features_dir: Path, out_dir: Path, params: Params) -> dict[str, Any]:
-    """Train (or fit) `model` on the features, write models/<name>/, return its val metrics."""
+def train(
+    model: str, features_dir: Path, out_dir: Path, params: Params, protocol: str = "loo"
+) -> dict[str, Any]:
+    """Train (or fit) `model` on the features, write models/<name>/, return its val metrics.
+
+    protocol "temporal" trains on the global temporal split instead (load_features); its models
+    go to models/<name>/temporal/ so the evaluation can score both protocols.
+    """
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     module = import_model(model)
     config = model_config(module, model, params.train)
-    data = load_features(features_dir)
+    data = load_features(features_dir, protocol)
     manifest_sha = file_sha256(features_dir / "manifest.json")
     import lightning  # only now: a wrong name or a missing file fails fast
 
     lightning.seed_everything(params.seed, workers=True, verbose=False)
     settings = trainer_settings(params)
-    identity = _run_identity(config, settings, manifest_sha)
+    identity = _run_identity(config, settings, manifest_sha) | {"protocol": protocol}
     if hasattr(module, "fit"):
         net, run = _fit_closed_form(module, data, config, params, out_dir, identity)
     elif hasattr(module, "build"):
@@ -72,6 +78,7 @@ def train(model: str, features_dir: Path, out_dir: Path, params: Params) -> dict
             "trainer": settings,
             "data": {
                 "features_dir": str(features_dir),
+                "protocol": protocol,
                 "manifest_sha256": manifest_sha,
                 "n_users": data.n_users,
                 "n_items": data.n_items,
@@ -128,14 +135,24 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 # --- reading the features stage's output -------------------------------------------------------
 
 
-def load_features(features_dir: Path):
+PROTOCOLS = ("loo", "temporal")
+
+
+def load_features(features_dir: Path, protocol: str = "loo"):
     """FeatureData from data/features; a missing or damaged file is a one-line RecsysError.
 
     Every file read is checked against the sha256 the features stage recorded in manifest.json,
     so a model is never trained on a half-copied or hand-edited folder.
+
+    protocol "loo" is leave-one-out by time (DESIGN.md); "temporal" is the global temporal split:
+    training rows are those before the validation cut, validation asks for each user's first
+    item after it, and the test targets are every item a user consumed after the test cut, with
+    everything before that cut as history (what a model deployed at the cut would face).
     """
     from recsys_models.data import FeatureData
 
+    if protocol not in PROTOCOLS:
+        raise RecsysError(f"protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     folder = Path(features_dir)
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
@@ -168,33 +185,89 @@ def load_features(features_dir: Path):
             raise RecsysError(f"{p}: shape {a.shape}, expected {shape} (None: any)")
         return a
 
-    train_path = path("loo/train.parquet")
-    try:
-        has_rating = "rating" in pl.read_parquet_schema(train_path)
-        columns = ["user_idx", "item_idx"] + (["rating"] if has_rating else [])
-        frame = pl.read_parquet(train_path, columns=columns)
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        raise RecsysError(f"{train_path}: cannot read ({str(exc).splitlines()[0]})") from exc
+    def table(name: str) -> pl.DataFrame:
+        """A split's rows sorted by user, then time (ties keep the file's order)."""
+        p = path(name)
+        try:
+            columns = pl.read_parquet_schema(p)
+            keep = [c for c in ("user_idx", "item_idx", "timestamp", "rating") if c in columns]
+            frame = pl.read_parquet(p, columns=keep)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise RecsysError(f"{p}: cannot read ({str(exc).splitlines()[0]})") from exc
+        order = ["user_idx", "timestamp"] if "timestamp" in frame.columns else ["user_idx"]
+        return frame.sort(order, maintain_order=True)
+
     rows, seq = (n_users + 1,), (n_users + 1, max_len)
+    common = {
+        "n_users": n_users,
+        "n_items": n_items,
+        "max_seq_len": max_len,
+        "item_genres": array("items/genres.npy", (n_items + 1, None)),
+        "item_year_bucket": array("items/year_bucket.npy", (n_items + 1,)),
+        "user_features": (
+            array("users/user_features.npy", (n_users + 1, len(user_columns)))
+            if user_columns
+            else None
+        ),
+    }
+    if protocol == "temporal":
+        splits = {name: table(f"temporal/{name}.parquet") for name in ("train", "val", "test")}
+        return _temporal_data(FeatureData, common, **splits)
+    frame = table("loo/train.parquet")
     return FeatureData(
-        n_users=n_users,
-        n_items=n_items,
-        max_seq_len=max_len,
+        **common,
         train_users=frame["user_idx"].to_numpy().astype(np.int64),
         train_items=frame["item_idx"].to_numpy().astype(np.int64),
         val_input=array("loo/val_input.npy", seq),
         val_target=array("loo/val_target.npy", rows),
         test_input=array("loo/test_input.npy", seq),
         test_target=array("loo/test_target.npy", rows),
-        item_genres=array("items/genres.npy", (n_items + 1, None)),
-        item_year_bucket=array("items/year_bucket.npy", (n_items + 1,)),
         item_popularity=array("items/popularity.npy", (n_items + 1,)),
-        user_features=(
-            array("users/user_features.npy", (n_users + 1, len(user_columns)))
-            if user_columns
-            else None
-        ),
         train_ratings=_ratings(frame),
+    )
+
+
+def _temporal_data(cls, common: dict[str, Any], train, val, test):
+    """FeatureData of the global temporal split (see load_features). Users with no history
+    before a cut have nothing to predict from there and get no target for it."""
+    from tasks.features import padded_tail
+
+    n_users, n_items, max_len = common["n_users"], common["n_items"], common["max_seq_len"]
+
+    def ids(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return frame["user_idx"].to_numpy().astype(np.int64), frame["item_idx"].to_numpy()
+
+    def csr(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        counts = np.bincount(users, minlength=n_users + 1)
+        return np.concatenate([[0], np.cumsum(counts)]), items.astype(np.int64)
+
+    def first_after(frame: pl.DataFrame, has_history: np.ndarray) -> np.ndarray:
+        users, items = ids(frame.unique("user_idx", keep="first", maintain_order=True))
+        out = np.zeros(n_users + 1, dtype=np.int64)
+        keep = has_history[users]
+        out[users[keep]] = items[keep]
+        return out
+
+    train_users, train_items = ids(train)
+    before_test = pl.concat([train, val]).sort(["user_idx", "timestamp"], maintain_order=True)
+    before_users, before_items = ids(before_test)
+    has_train = np.bincount(train_users, minlength=n_users + 1) > 0
+    has_before = np.bincount(before_users, minlength=n_users + 1) > 0
+    # Every item consumed after the test cut, once, by users with a history before it.
+    targets = test.filter(pl.Series(has_before[test["user_idx"].to_numpy()]))
+    targets = targets.unique(["user_idx", "item_idx"], keep="first", maintain_order=True)
+    return cls(
+        **common,
+        train_users=train_users,
+        train_items=train_items.astype(np.int64),
+        val_input=padded_tail(train_users, train_items, n_users, max_len),
+        val_target=first_after(val, has_train),
+        test_input=padded_tail(before_users, before_items, n_users, max_len),
+        test_target=first_after(test, has_before),
+        item_popularity=np.bincount(train_items, minlength=n_items + 1).astype(np.float32),
+        train_ratings=_ratings(train),
+        test_seen=csr(before_users, before_items),
+        test_target_sets=csr(*ids(targets)),
     )
 
 

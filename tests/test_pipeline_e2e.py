@@ -81,9 +81,16 @@ def test_dvc_repro_runs_the_stages_and_a_second_repro_changes_nothing(project: P
     stages += ["fit@content_based", "fit@userknn", "fit@ease", "fit@als"]
     stages += ["train@bpr_mf", "train@sasrec", "train@two_tower"]
     stages += ["train@rating_mf", "train@neumf", "train@gru4rec"]
+    stages += ["temporal@sasrec", "temporal@ease", "evaluate"]
     for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
     assert json.loads((project / "models/sasrec/metrics.json").read_text())["ndcg@10"] >= 0
+    decision = json.loads((project / "reports/evaluation/decision.json").read_text())
+    assert decision["primary"]["card"]["id"] == "loo/full"
+    shown = run(["dvc", "metrics", "show", "--json"], project, env).stdout
+    assert "ndcg@10" in shown and "reports/evaluation/metrics.json" in shown
+    plots = run(["dvc", "plots", "show", "--json"], project, env).stdout
+    assert "popularity_bias" in plots and "by_history" in plots
     manifest = json.loads((project / "data/features/manifest.json").read_text())
     assert manifest
     summary = json.loads((project / "reports/validation/summary.json").read_text())
@@ -127,6 +134,12 @@ def test_flow_run_on_a_real_server_completes_and_publishes_the_artifact(
     )
     assert len(artifacts) == 1 and artifacts[0]["flow_run_id"] == runs[0]["id"]
     assert "| rows | 8000 |" in artifacts[0]["data"]
+    report = api_post(
+        prefect_server, "/artifacts/filter", {"artifacts": {"key": {"any_": ["evaluation-report"]}}}
+    )
+    assert len(report) == 1 and "Champion" in report[0]["data"]
+    assert "decision:" in proc.stdout
+    assert (project / "reports/evaluation/decision.json").is_file()
 
 
 def api_post(api: str, path: str, body: dict) -> list[dict]:

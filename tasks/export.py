@@ -1,0 +1,533 @@
+"""The export stage: models/<name>/ + data/features/ -> artifacts/<name>/<version>/.
+
+An artifact is everything the server needs and nothing it must not need: ONNX graphs (or plain
+.npy scores), the id maps, each known user's history, item metadata for filters, and a
+manifest.json that names every file with its sha256. The server never imports torch.
+
+What a family exports (manifest "scorer" says how the server turns a request into scores):
+- sasrec, gru4rec ("onnx_scores"): model.onnx, a left-padded int64 `history` [batch, seq]
+  (both axes dynamic, seq <= max_seq_len) -> `scores` [batch, n_items+1]; user_embedding.onnx
+  (history -> user vector) and item_embeddings.npy, whose dot product is the same score.
+- two_tower ("dot"): user_embedding.onnx (history, user) -> user vector; item_embeddings.npy
+  from the item tower; scores = user vector @ item_embeddings.T. `user` is the user_idx whose
+  features the graph looks up (0 = unknown user: no features).
+- popularity ("static"): scores.npy, the same scores for everyone.
+- any other model with score(users, history) ("onnx_scores"): model.onnx (history, user).
+
+VERSION is `YYYYMMDDTHHMMSSZ-<first 8 hex of the weights' sha256>` (UTC): it sorts by export
+time as a string, and says which weights it holds. The version folder is built under a
+temporary name and renamed in, so it appears complete or not at all; a failed parity check
+raises RecsysError and leaves nothing behind.
+
+Parity: the ONNX path is compared with torch eager on held-out users (the leave-one-out test
+inputs) in several shapes: as stored (left-padded), length 1 ([batch, 1]), all padding but the
+last item, a short crop, and batch 1. The export fails unless the largest absolute difference
+is <= PARITY_ATOL and >= PARITY_TOP10 of the rows have the same ordered top-10.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import shutil
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from tasks.errors import RecsysError
+from tasks.io import file_sha256, staged_dir
+
+FORMAT_VERSION = 1
+OPSET = 17
+PARITY_ATOL = 1e-4
+PARITY_TOP10 = 0.999
+SEQUENCE_MODELS = ("sasrec", "gru4rec")
+# Families whose scores depend on the user id alone (the history argument is ignored): the
+# server can only serve them for known users, and falls back to popularity for a bare history.
+USER_ONLY_MODELS = ("bpr_mf", "als", "rating_mf", "neumf", "userknn")
+# Item vectors of families that have them (for /items/{id}/similar), by state-dict name.
+ITEM_VECTORS = {"bpr_mf": "item_emb.weight", "als": "item_factors"}
+FEATURE_FILES = {
+    "item_map.parquet": "item_map.parquet",
+    "user_map.parquet": "user_map.parquet",
+    "items/items.parquet": "items.parquet",
+    "items/genres.json": "genres.json",
+    "items/popularity.npy": "popularity.npy",
+}
+
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (history, users) -> scores
+
+
+def export(
+    name: str,
+    models_dir: Path,
+    features_dir: Path,
+    artifacts_dir: Path,
+    parity_users: int = 512,
+    latency_calls: int = 300,
+    seed: int = 0,
+    data_dvc: Path | None = Path("data.dvc"),
+) -> dict[str, Any]:
+    """Export models/<name>/ into artifacts/<name>/<version>/; return its manifest."""
+    from tasks.train import load_features, load_model
+
+    model_dir = Path(models_dir) / name
+    features_dir, artifacts_dir = Path(features_dir), Path(artifacts_dir)
+    data = load_features(features_dir)
+    net = load_model(model_dir, data)
+    config = json.loads((model_dir / "config.json").read_text())
+    family = config["model"]
+    version = make_version(config["weights_sha256"])
+    out = artifacts_dir / name / version
+    if out.exists():
+        raise RecsysError(f"{out}: already exists; export again in a second")
+
+    try:
+        with staged_dir(out) as tmp, torch.no_grad():
+            graphs, scorer = _write_graphs(family, net, data, tmp)
+            users, rows = held_out_rows(data.test_input, data.test_target, parity_users, seed)
+            parity = check_parity(_eager_scorer(net), scorer, rows, users)
+            if not parity["passed"]:
+                raise RecsysError(
+                    f"export {name}: ONNX differs from torch eager (max abs diff "
+                    f"{parity['max_abs_diff']:.3g}, limit {PARITY_ATOL}; same top-10 for "
+                    f"{parity['top10_agreement']:.4f} of rows, need {PARITY_TOP10}); "
+                    "nothing written"
+                )
+            latency = measure_latency(scorer, rows[:1], users[:1], latency_calls)
+            if graphs["scorer"] == "static":
+                latency["runtime"] = "numpy (a stored score vector, no graph)"
+            _copy_features(features_dir, tmp, data)
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                "name": name,
+                "family": family,
+                "version": version,
+                "created_at": _utc_now(),
+                "scorer": graphs.pop("scorer"),
+                "uses_history": family not in USER_ONLY_MODELS,
+                "max_seq_len": int(data.max_seq_len),
+                "n_users": int(data.n_users),
+                "n_items": int(data.n_items),
+                "opset": OPSET,
+                "graphs": graphs,
+                "runtime": _versions(),
+                "metrics": _read_json(model_dir / "metrics.json"),
+                "params": config,
+                "data": {
+                    "features_manifest_sha256": file_sha256(features_dir / "manifest.json"),
+                    "data_dvc_md5": _dvc_md5(data_dvc),
+                },
+                "git_commit": git_commit(),
+                "parity": parity,
+                "latency": latency,
+                "files": {
+                    str(p.relative_to(tmp)): file_sha256(p)
+                    for p in sorted(tmp.rglob("*"))
+                    if p.is_file()
+                },
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    except BaseException:
+        _remove_if_empty(out.parent)
+        raise
+    return manifest
+
+
+def make_version(weights_sha256: str, now: dt.datetime | None = None) -> str:
+    """Sortable as a string: UTC export time, then the weights' short hash."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{weights_sha256[:8]}"
+
+
+# --- graphs -----------------------------------------------------------------------------------
+
+
+def _write_graphs(family: str, net: Any, data: Any, out: Path) -> tuple[dict[str, Any], Scorer]:
+    """Write the family's graphs and arrays; return their description and the ORT scorer."""
+    n_scores = data.n_items + 1
+    example = torch.as_tensor(data.test_input[1:3], dtype=torch.long)
+    example_users = torch.tensor([1, 2], dtype=torch.long)
+    history = _io("history", "int64", ["batch", "seq"])
+    user = _io("user", "int64", ["batch"])
+    scores = _io("scores", "float32", ["batch", n_scores])
+
+    if family == "popularity":
+        static = net.score(example_users[:1], example[:1])[0].numpy().astype(np.float32)
+        np.save(out / "scores.npy", static)
+        graphs = {"scorer": "static", "scores.npy": {"shape": [n_scores]}}
+        return graphs, lambda h, u: np.broadcast_to(static, (len(h), n_scores)).copy()
+
+    if family in SEQUENCE_MODELS:
+        dim = int(net.item_emb.weight.shape[1])
+        vector = _io("user_embedding", "float32", ["batch", dim])
+        onnx_export(_Scores(net, False), (example,), out / "model.onnx", [history], [scores])
+        onnx_export(_LastState(net), (example,), out / "user_embedding.onnx", [history], [vector])
+        _save_items(out, net.item_emb.weight)
+        session = ort_session(out / "model.onnx")
+        graphs = {
+            "scorer": "onnx_scores",
+            "model.onnx": {"inputs": [history], "outputs": [scores]},
+            "user_embedding.onnx": {"inputs": [history], "outputs": [vector]},
+            "item_embeddings.npy": {"shape": [n_scores, dim]},
+        }
+        return graphs, lambda h, u: session.run(None, {"history": h})[0]
+
+    if family == "two_tower":
+        items = net.item_embeddings()
+        dim = int(items.shape[1])
+        vector = _io("user_embedding", "float32", ["batch", dim])
+        onnx_export(
+            _UserTower(net),
+            (example, example_users),
+            out / "user_embedding.onnx",
+            [history, user],
+            [vector],
+        )
+        item_matrix = _save_items(out, items)
+        session = ort_session(out / "user_embedding.onnx")
+        graphs = {
+            "scorer": "dot",
+            "user_embedding.onnx": {"inputs": used(session, [history, user]), "outputs": [vector]},
+            "item_embeddings.npy": {"shape": [n_scores, dim]},
+        }
+        return graphs, lambda h, u: run(session, h, u) @ item_matrix.T
+
+    if not hasattr(net, "score"):
+        raise RecsysError(f"export: {family} has no score(users, history) to export")
+    # ItemKNN's sparse index_put_(accumulate=True) exports as a ScatterND that overwrites
+    # instead of adding; its dense equivalent (a history row times the similarity matrix) is
+    # the same sum and exports exactly.
+    wrapper = _DenseItemKNN(net) if family == "itemknn" else _Scores(net, True)
+    onnx_export(wrapper, (example, example_users), out / "model.onnx", [history, user], [scores])
+    session = ort_session(out / "model.onnx")
+    graphs = {
+        "scorer": "onnx_scores",
+        "model.onnx": {"inputs": used(session, [history, user]), "outputs": [scores]},
+    }
+    if family in ITEM_VECTORS:
+        vectors = net.state_dict()[ITEM_VECTORS[family]]
+        _save_items(out, vectors)
+        graphs["item_embeddings.npy"] = {"shape": list(vectors.shape)}
+    return graphs, lambda h, u: run(session, h, u)
+
+
+def used(session: Any, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The specs of the inputs the graph kept: the exporter drops an input the model ignores
+    (e.g. `user` for a two-tower trained without user features)."""
+    names = {i.name for i in session.get_inputs()}
+    return [spec for spec in specs if spec["name"] in names]
+
+
+def run(session: Any, history: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """The first output of a graph, fed whichever of history/user it takes."""
+    feeds = {"history": history, "user": users}
+    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
+
+
+def _io(name: str, dtype: str, shape: list[Any]) -> dict[str, Any]:
+    return {"name": name, "dtype": dtype, "shape": shape}
+
+
+def _save_items(out: Path, vectors: Any) -> np.ndarray:
+    matrix = np.ascontiguousarray(vectors.detach().cpu().numpy(), dtype=np.float32)
+    np.save(out / "item_embeddings.npy", matrix)
+    return matrix
+
+
+def onnx_export(
+    module: Any, args: tuple, path: Path, inputs: list[dict], outputs: list[dict]
+) -> None:
+    """TorchScript exporter (dynamo=False, STACK_NOTES.md), every "batch"/"seq" axis dynamic.
+
+    The wrapper is put in eval mode first: export restores the module's previous mode
+    afterwards, and a fresh wrapper is in training mode, which would switch dropout back on in
+    the eager model that parity compares against.
+    """
+    module.eval()
+    dynamic = {
+        spec["name"]: {
+            axis: label for axis, label in enumerate(spec["shape"]) if isinstance(label, str)
+        }
+        for spec in inputs + outputs
+    }
+    try:
+        with warnings.catch_warnings():
+            # Tracer and legacy-exporter warnings (a GRU's batch size, shape checks turned
+            # into constants): the parity check is what says whether the graph is right.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[spec["name"] for spec in inputs],
+                output_names=[spec["name"] for spec in outputs],
+                dynamic_axes=dynamic,
+            )
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one message
+        raise RecsysError(f"export: {path.name}: ONNX export failed ({exc})") from exc
+    module.eval()
+
+
+def ort_session(path: Path, threads: int = 1) -> Any:
+    """An onnxruntime CPU session, single-threaded by default (as the server runs it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class _Scores(nn.Module):
+    """history (and user, for families that use it) -> scores over the catalogue."""
+
+    def __init__(self, net: nn.Module, uses_user: bool):
+        super().__init__()
+        self.net, self.uses_user = net, uses_user
+
+    def forward(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
+        users = user if self.uses_user else history[:, -1] * 0  # ignored by the model
+        return self.net.score(users, history)
+
+
+class _LastState(nn.Module):
+    """A sequence model's hidden state after the last position: its user vector."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        return self.net(history)[:, -1]
+
+
+class _DenseItemKNN(nn.Module):
+    """ItemKNN.score with its top-k neighbour lists expanded into a dense [I+1, I+1] matrix."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        n = net.neighbours.shape[0]
+        dense = torch.zeros(n, n).scatter_add_(1, net.neighbours, net.sims.float())
+        self.register_buffer("dense", dense)
+        self.decay = float(net.decay)
+
+    def forward(self, history: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        length = history.shape[1]
+        age = torch.arange(length - 1, -1, -1, dtype=torch.float32)
+        weight = self.decay**age * (history > 0).float()
+        rows = torch.zeros(history.shape[0], self.dense.shape[0]).scatter_add(1, history, weight)
+        return rows @ self.dense
+
+
+class _UserTower(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, history: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        return self.net.user_embeddings(user, history)
+
+
+def _eager_scorer(net: Any) -> Scorer:
+    def score(history: np.ndarray, users: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = net.eval().score(torch.from_numpy(users), torch.from_numpy(history))
+        return out.float().numpy()
+
+    return score
+
+
+# --- parity and latency -----------------------------------------------------------------------
+
+
+def held_out_rows(
+    inputs: np.ndarray, targets: np.ndarray, limit: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(user_idx, left-padded int64 history) of up to `limit` users with a test target."""
+    users = np.flatnonzero(targets > 0)
+    if len(users) > limit:
+        users = np.sort(np.random.default_rng(seed).choice(users, limit, replace=False))
+    return users.astype(np.int64), np.ascontiguousarray(inputs[users], dtype=np.int64)
+
+
+def parity_cases(rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The shapes a server will feed: as stored, [B, 1], padding but one item, a crop."""
+    last_only = np.zeros_like(rows)
+    last_only[:, -1] = rows[:, -1]
+    return {
+        "padded": rows,
+        "length_1": rows[:, -1:].copy(),
+        "padded_but_one": last_only,
+        "crop_7": rows[:, -min(7, rows.shape[1]) :].copy(),
+    }
+
+
+def check_parity(eager: Scorer, onnx: Scorer, rows: np.ndarray, users: np.ndarray) -> dict:
+    """Largest |eager - onnx| and the share of rows with the same ordered top-10 (column 0,
+    the padding id, excluded), per case and overall; batch 1 is checked on a few rows."""
+    cases: dict[str, dict[str, Any]] = {}
+    worst, same, total = 0.0, 0, 0
+    items = dict(parity_cases(rows))
+    for name, history in items.items():
+        want, got = eager(history, users), onnx(history, users)
+        diff, agree = _compare(want, got)
+        cases[name] = {"rows": len(history), "shape": list(history.shape), "max_abs_diff": diff}
+        worst, same, total = max(worst, diff), same + agree, total + len(history)
+    singles = [(rows[i : i + 1], users[i : i + 1]) for i in range(min(8, len(rows)))]
+    diffs = []
+    for history, user in singles:
+        diff, agree = _compare(eager(history, user), onnx(history, user))
+        diffs.append(diff)
+        worst, same, total = max(worst, diff), same + agree, total + 1
+    cases["batch_1"] = {
+        "rows": len(singles),
+        "shape": [1, rows.shape[1]],
+        "max_abs_diff": max(diffs),
+    }
+    agreement = same / total
+    return {
+        "users": len(users),
+        "rows": total,
+        "max_abs_diff": worst,
+        "top10_agreement": agreement,
+        "atol": PARITY_ATOL,
+        "min_top10_agreement": PARITY_TOP10,
+        "passed": bool(worst <= PARITY_ATOL and agreement >= PARITY_TOP10),
+        "cases": cases,
+    }
+
+
+def _compare(want: np.ndarray, got: np.ndarray) -> tuple[float, int]:
+    if want.shape != got.shape or not np.isfinite(got).all():
+        return float("inf"), 0
+    diff = float(np.abs(want - got).max())
+    top_want = np.argsort(-want[:, 1:], axis=1, kind="stable")[:, :10]
+    top_got = np.argsort(-got[:, 1:], axis=1, kind="stable")[:, :10]
+    return diff, int((top_want == top_got).all(axis=1).sum())
+
+
+def measure_latency(scorer: Scorer, history: np.ndarray, users: np.ndarray, calls: int) -> dict:
+    """Batch-1 latency of the ONNX path (ms), after a short warm-up."""
+    for _ in range(min(20, calls)):
+        scorer(history, users)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        scorer(history, users)
+        times.append((time.perf_counter() - start) * 1000)
+    return {
+        "runtime": "onnxruntime CPU, 1 intra-op thread",
+        "batch": 1,
+        "calls": calls,
+        "p50_ms": round(float(np.percentile(times, 50)), 4),
+        "p99_ms": round(float(np.percentile(times, 99)), 4),
+        "mean_ms": round(float(np.mean(times)), 4),
+    }
+
+
+# --- data that travels with the artifact ------------------------------------------------------
+
+
+def _copy_features(features_dir: Path, out: Path, data: Any) -> None:
+    for source, target in FEATURE_FILES.items():
+        shutil.copyfile(features_dir / source, out / target)
+    if data.user_features is not None:
+        shutil.copyfile(features_dir / "users/user_features.npy", out / "user_features.npy")
+    indptr, items = full_histories(features_dir, data.n_users)
+    np.save(out / "seen_indptr.npy", indptr)
+    np.save(out / "seen_items.npy", items)
+    np.save(out / "histories.npy", last_items(indptr, items, data.max_seq_len))
+
+
+def full_histories(features_dir: Path, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, items) of every user's whole leave-one-out history in time order:
+    training rows, then the validation item, then the test item (what a live user has done)."""
+    frames = [
+        pl.read_parquet(features_dir / f"loo/{split}.parquet", columns=["user_idx", "item_idx"])
+        .with_row_index("row")
+        .with_columns(pl.lit(part).alias("part"))
+        for part, split in enumerate(("train", "val", "test"))
+    ]
+    rows = pl.concat(frames).sort(["user_idx", "part", "row"])
+    users = rows["user_idx"].to_numpy().astype(np.int64)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=n_users + 1))])
+    return indptr.astype(np.int64), rows["item_idx"].to_numpy().astype(np.int64)
+
+
+def last_items(indptr: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:
+    """[U+1, length] each user's last `length` items, left-padded with 0."""
+    index = indptr[1:, None] - length + np.arange(length)[None, :]
+    inside = index >= indptr[:-1, None]
+    return np.where(inside, items[np.clip(index, 0, max(len(items) - 1, 0))], 0).astype(np.int64)
+
+
+# --- provenance -------------------------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    """HEAD of the code's repository, or None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def _dvc_md5(path: Path | None) -> str | None:
+    if path is None or not Path(path).is_file():
+        return None
+    import yaml
+
+    try:
+        outs = yaml.safe_load(Path(path).read_text()).get("outs") or []
+        return outs[0].get("md5") if outs else None
+    except (yaml.YAMLError, AttributeError, TypeError):
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty: other versions live there
+        folder.rmdir()

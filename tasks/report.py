@@ -1,0 +1,293 @@
+"""The evaluation report: Markdown (terminal, Prefect artifact) and one standalone HTML page.
+
+Every table is built once as rows of cells and rendered twice, and each table states the
+protocol card it was computed under (tasks.evaluate.same_protocol refuses a table whose rows
+disagree), so no figure reaches a reader without the protocol that produced it. The HTML page
+embeds its plots as PNG data, so it can be mailed or attached as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.evaluate import HISTORY_BUCKETS, KS, same_protocol
+
+FULL_COLUMNS = [f"ndcg@{k}" for k in KS] + [f"hr@{k}" for k in KS] + ["mrr", "auc"]
+FULL_COLUMNS += ["precision@10", "recall@10"]
+SAMPLED_COLUMNS = ["ndcg@10", "hr@10", "mrr"]
+BEYOND_COLUMNS = [f"coverage@{k}" for k in KS]
+BEYOND_COLUMNS += ["novelty@10", "diversity@10", "popularity_percentile@10"]
+
+Table = tuple[str, str, list[str], list[list[str]]]  # title, card line, header, rows
+
+
+def metric_table(rows: list[dict[str, Any]], card_id: str, title: str, columns: list[str]) -> Table:
+    """Models sorted by the table's first column, under the one card they share."""
+    chosen = [row for row in rows if row["card"]["id"] == card_id]
+    card = same_protocol(chosen)
+    chosen.sort(key=lambda row: -row["metrics"][columns[0]])
+    body = [[row["model"]] + [f"{row['metrics'][c]:.4f}" for c in columns] for row in chosen]
+    return title, card_line(card, chosen[0]["users"] if chosen else 0), ["model", *columns], body
+
+
+def card_line(card: dict[str, Any], users: int) -> str:
+    sampler = card.get("sampler")
+    drawn = (
+        f"; sampler {sampler['kind']}, n={sampler['n']}, seed={sampler['seed']}" if sampler else ""
+    )
+    version = card["data_version"]
+    return (
+        f"Protocol `{card['id']}`: {card['split_detail']}; {card['ranking']} ranking; candidates: "
+        f"{card['candidates']}{drawn}; seen items {card['seen_items']}; ties {card['ties']}; "
+        f"K in {card['ks']}; {users} test users; data features "
+        f"{version['features_manifest_sha256'][:12]}, raw {str(version.get('raw_md5'))[:12]}."
+    )
+
+
+def comparison_tables(result: dict[str, Any]) -> list[Table]:
+    metric = result["primary_metric"]
+    card = card_line(result["card"], 0).replace("; 0 test users", "")
+    head = ["challenger", f"mean diff {metric}", "95% CI", "p (Wilcoxon)", "p (t-test)"]
+    head += ["significant", "guardrails breached", "eligible"]
+    rows = []
+    for r in sorted(result["challengers"], key=lambda r: -r["mean_diff"]):
+        rows.append(
+            [
+                r["challenger"],
+                f"{r['mean_diff']:+.4f}",
+                _interval(r["ci95"]),
+                f"{r['p_wilcoxon']:.2g}",
+                f"{r['p_ttest']:.2g}",
+                "yes" if r["significant_improvement"] else "no",
+                ", ".join(r["guardrails_breached"]) or "none",
+                "yes" if r["eligible"] else "no",
+            ]
+        )
+    title = f"Champion {result['champion']} ({result['champion_source']}) vs challengers"
+    tables = [(title, card, head, rows)]
+    segments = list(result["challengers"][0]["segments"]) if result["challengers"] else []
+    seg_rows = []
+    for r in sorted(result["challengers"], key=lambda r: -r["mean_diff"]):
+        cells = [r["challenger"]]
+        for label in segments:
+            s = r["segments"][label]
+            cells.append(
+                f"{s['mean_diff']:+.4f} {_interval(s['ci95'])} n={s['users']}"
+                if s["users"]
+                else "n=0"
+            )
+        seg_rows.append(cells)
+    tables.append(
+        (
+            f"Paired {metric} difference by segment (mean, 95% CI, users)",
+            card,
+            ["challenger", *segments],
+            seg_rows,
+        )
+    )
+    return tables
+
+
+def _interval(ci: list[float]) -> str:
+    return "n/a" if any(np.isnan(ci)) else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def markdown(tables: list[Table], result: dict[str, Any]) -> str:
+    verdict = result["verdict"]
+    lines = ["# Offline evaluation: champion vs challenger", ""]
+    lines += [
+        f"**Decision:** {'PROMOTE ' + verdict['model'] if verdict['promote'] else 'keep'} "
+        f"{'' if verdict['promote'] else result['champion']}: {verdict['reason']}.",
+        "",
+    ]
+    lines += [
+        f"Test: {result['test']}; interval: {result['interval']}; alpha {result['alpha']}.",
+        "",
+    ]
+    for title, card, head, rows in tables:
+        lines += [f"## {title}", "", card, ""]
+        lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def page(tables: list[Table], result: dict[str, Any], images: dict[str, str]) -> str:
+    verdict = result["verdict"]
+    decision = f"Promote {verdict['model']}" if verdict["promote"] else f"Keep {result['champion']}"
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>Offline evaluation</title><style>body{font-family:sans-serif;margin:2em;"
+        "max-width:1200px}table{border-collapse:collapse;margin-bottom:1em;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,"
+        "th:first-child{text-align:left}.card{color:#555;font-size:12px}"
+        ".verdict{font-size:18px;padding:.5em;background:#eef}</style></head><body>",
+        "<h1>Offline evaluation: champion vs challenger</h1>",
+        f"<p class='verdict'><b>{html.escape(decision)}</b>: {html.escape(verdict['reason'])}</p>",
+        f"<p class='card'>{html.escape(result['test'])}; {html.escape(result['interval'])}; "
+        f"alpha {result['alpha']}</p>",
+    ]
+    for caption, data in images.items():
+        parts.append(
+            f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,"
+            f"{data}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    for title, card, head, rows in tables:
+        parts += [f"<h2>{html.escape(title)}</h2>", f"<p class='card'>{html.escape(card)}</p>"]
+        parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def plots(scored, stats, result: dict[str, Any], bootstrap_samples: int, seed: int) -> dict:
+    """Metric bars with 95% intervals, NDCG@10 by history length, the popularity-bias curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.comparison import bootstrap_interval
+
+    metric = result["primary_metric"]
+    loo = scored["loo"]
+    names = sorted(loo, key=lambda n: -loo[n].full[metric])
+    images = {}
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    means, errors = [], [[], []]
+    for name in names:
+        values = loo[name].per_user[f"full_{metric}"].to_numpy()
+        low, high = bootstrap_interval(values, bootstrap_samples, seed)
+        means.append(values.mean())
+        errors[0].append(values.mean() - low)
+        errors[1].append(high - values.mean())
+    colors = ["#d62728" if n == result["champion"] else "#1f77b4" for n in names]
+    ax.bar(names, means, yerr=errors, capsize=3, color=colors)
+    ax.set_ylabel(f"{metric} (loo, full ranking)")
+    ax.tick_params(axis="x", rotation=45)
+    images[f"{metric} per model with 95% bootstrap intervals (red: champion)"] = _png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    edges = zip(HISTORY_BUCKETS[:-1], HISTORY_BUCKETS[1:], strict=True)
+    labels = [f"{lo}-{hi - 1}" for lo, hi in edges]
+    labels.append(f"{HISTORY_BUCKETS[-1]}+")
+    for name in names:
+        curve = history_curve(loo[name].per_user, metric)
+        x = [HISTORY_BUCKETS.index(c["history_min"]) for c in curve]
+        ax.plot(x, [c[metric] for c in curve], marker="o", label=name)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel("interactions before the target")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7, ncol=3)
+    images[f"{metric} by history length"] = _png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    deciles = np.arange(1, 11)
+    for name in names:
+        ax.plot(deciles, popularity_curve(loo[name].recommended, stats), marker=".", label=name)
+    targets = np.bincount(
+        loo[names[0]].per_user["target"].to_numpy(), minlength=len(stats.percentile)
+    )
+    ax.plot(deciles, popularity_curve(targets, stats), "k--", label="test targets")
+    ax.set_xlabel("item popularity decile (10: most popular)")
+    ax.set_ylabel("share of top-10 recommendations")
+    ax.legend(fontsize=7, ncol=3)
+    images["popularity bias: where recommendations fall by item popularity"] = _png(fig)
+    plt.close(fig)
+    return images
+
+
+def history_curve(per_user, metric: str) -> list[dict[str, float]]:
+    """Mean metric per history-length bucket (buckets with users only)."""
+    history = per_user["history_len"].to_numpy()
+    values = per_user[f"full_{metric}"].to_numpy()
+    edges = [*HISTORY_BUCKETS, np.inf]
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        mask = (history >= lo) & (history < hi)
+        if mask.any():
+            out.append(
+                {"history_min": lo, metric: float(values[mask].mean()), "users": int(mask.sum())}
+            )
+    return out
+
+
+def popularity_curve(counts: np.ndarray, stats) -> np.ndarray:
+    """Share of `counts` (per item) falling in each popularity decile of the catalogue."""
+    decile = np.minimum((stats.percentile[1:] * 10).astype(int), 9)
+    share = np.bincount(decile, weights=counts[1:], minlength=10)
+    return share / max(share.sum(), 1)
+
+
+def write_reports(
+    rows, result, scored, stats, folder: Path, bootstrap_samples: int, seed: int
+) -> str:
+    """report.md and report.html into `folder`; returns the Markdown."""
+    tables = [
+        metric_table(rows, "loo/full", "Leave-one-out, full ranking (primary)", FULL_COLUMNS),
+        metric_table(
+            rows,
+            "loo/sampled",
+            "Leave-one-out, sampled ranking (labelled: not primary)",
+            SAMPLED_COLUMNS,
+        ),
+        metric_table(rows, "loo/beyond", "Leave-one-out, beyond accuracy", BEYOND_COLUMNS),
+    ]
+    if "temporal" in scored:
+        tables += [
+            metric_table(rows, "temporal/full", "Global temporal, full ranking", FULL_COLUMNS),
+            metric_table(
+                rows,
+                "temporal/sampled",
+                "Global temporal, sampled ranking (labelled)",
+                SAMPLED_COLUMNS,
+            ),
+            metric_table(
+                rows, "temporal/beyond", "Global temporal, beyond accuracy", BEYOND_COLUMNS
+            ),
+        ]
+    tables += comparison_tables(result)
+    text = markdown(tables, result)
+    (folder / "report.md").write_text(text)
+    images = plots(scored, stats, result, bootstrap_samples, seed)
+    (folder / "report.html").write_text(page(tables, result, images))
+    return text
+
+
+def write_plot_data(scored, stats, metric: str, folder: Path) -> None:
+    """CSV files `dvc plots show` draws: one per model, so each model is a line."""
+    import polars as pl
+
+    for protocol, models in scored.items():
+        for name, s in models.items():
+            history = folder / "by_history" / protocol
+            history.mkdir(parents=True, exist_ok=True)
+            pl.DataFrame(history_curve(s.per_user, metric)).write_csv(history / f"{name}.csv")
+            if protocol != "loo":
+                continue
+            curve = folder / "popularity_bias"
+            curve.mkdir(parents=True, exist_ok=True)
+            shares = popularity_curve(s.recommended, stats)
+            pl.DataFrame({"popularity_decile": np.arange(1, 11), "share": shares}).write_csv(
+                curve / f"{name}.csv"
+            )
