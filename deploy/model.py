@@ -1,0 +1,198 @@
+"""One exported artifact in memory, ready to answer: ONNX sessions, id maps, histories, items.
+
+A ServedModel is built completely (files checked against the manifest, sessions created, one
+warm-up inference run) before anything may use it, and it is never changed afterwards: the
+server swaps whole ServedModels, so a request holds one consistent model from start to end.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import polars as pl
+
+from tasks.errors import RecsysError
+from tasks.io import file_sha256
+from tasks.registry import MANIFEST, verify_version
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    items: list[dict[str, Any]]
+    fallback: bool
+    reason: str | None = None
+
+
+class ServedModel:
+    """Everything one artifact version needs to score a request (read-only after __init__)."""
+
+    def __init__(self, folder: str | Path, manifest_sha256: str | None = None, threads: int = 1):
+        folder = Path(folder)
+        if manifest_sha256 and file_sha256(folder / MANIFEST) != manifest_sha256:
+            raise RecsysError(
+                f"{folder / MANIFEST}: sha256 differs from the one champion.json recorded at "
+                "promotion (edited after it was promoted)"
+            )
+        manifest = verify_version(folder)
+        self.folder, self.manifest = folder, manifest
+        self.name, self.version = str(manifest["name"]), str(manifest["version"])
+        self.kind = manifest["scorer"]
+        self.uses_history = bool(manifest.get("uses_history", True))
+        self.max_seq_len = int(manifest["max_seq_len"])
+        self.n_items = int(manifest["n_items"])
+        try:
+            self._load_arrays(folder)
+            self._load_graph(folder, threads)
+            self._load_items(folder)
+            # One inference now, so a graph that loads but cannot run is refused at load time,
+            # not on the first request.
+            probe = self.scores(np.array([1], dtype=np.int64), 0)
+        except RecsysError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime/numpy/polars: one clear message
+            raise RecsysError(f"{folder}: cannot load ({type(exc).__name__}: {exc})") from exc
+        if probe.shape != (self.n_items + 1,) or not np.isfinite(probe[1:]).all():
+            raise RecsysError(f"{folder}: the model's scores have shape {probe.shape} or NaN")
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def _load_arrays(self, folder: Path) -> None:
+        def npy(name: str) -> np.ndarray:
+            return np.load(folder / name, allow_pickle=False)
+
+        self.popularity = npy("popularity.npy").astype(np.float32)
+        self.histories = npy("histories.npy").astype(np.int64)
+        self.seen_indptr, self.seen_items = npy("seen_indptr.npy"), npy("seen_items.npy")
+        self.static = npy("scores.npy").astype(np.float32) if self.kind == "static" else None
+        self.item_vectors = None
+        if (folder / "item_embeddings.npy").is_file():
+            vectors = npy("item_embeddings.npy").astype(np.float32)
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            self.item_vectors = vectors
+            self.unit_vectors = vectors / np.maximum(norms, 1e-12)
+
+    def _load_graph(self, folder: Path, threads: int) -> None:
+        self.session = None
+        if self.kind == "static":
+            return
+        graph = "model.onnx" if self.kind == "onnx_scores" else "user_embedding.onnx"
+        if self.kind == "dot" and self.item_vectors is None:
+            raise RecsysError(f"{folder}: a 'dot' artifact needs item_embeddings.npy")
+        if self.kind not in ("onnx_scores", "dot"):
+            raise RecsysError(f"{folder}: unknown scorer {self.kind!r} in {MANIFEST}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(folder / graph), options, providers=["CPUExecutionProvider"]
+        )
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        if "history" not in self.inputs and self.uses_history:
+            raise RecsysError(f"{folder / graph}: no 'history' input")
+
+    def _load_items(self, folder: Path) -> None:
+        items = pl.read_parquet(folder / "items.parquet").sort("item_idx")
+        item_map = pl.read_parquet(folder / "item_map.parquet")
+        users = pl.read_parquet(folder / "user_map.parquet")
+        self.item_index = dict(
+            zip(item_map["item_id"].cast(pl.Utf8), item_map["item_idx"].to_list(), strict=True)
+        )
+        self.user_index = dict(
+            zip(users["user_id"].cast(pl.Utf8), users["user_idx"].to_list(), strict=True)
+        )
+        self.item_ids = [""] * (self.n_items + 1)
+        for item_id, idx in self.item_index.items():
+            self.item_ids[idx] = item_id
+        self.titles = [""] * (self.n_items + 1)
+        self.item_genres: list[list[str]] = [[] for _ in range(self.n_items + 1)]
+        has_titles, has_genres = "title" in items.columns, "genres" in items.columns
+        for row in items.iter_rows(named=True):
+            idx = int(row["item_idx"])
+            self.titles[idx] = (row["title"] or "") if has_titles else ""
+            self.item_genres[idx] = list(row["genres"] or []) if has_genres else []
+        self.genres = json.loads((folder / "genres.json").read_text())
+        column = {genre: k for k, genre in enumerate(self.genres)}
+        self.genre_matrix = np.zeros((self.n_items + 1, len(self.genres)), dtype=bool)
+        for idx, names in enumerate(self.item_genres):
+            for name in names:
+                if name in column:
+                    self.genre_matrix[idx, column[name]] = True
+
+    # --- scoring ---------------------------------------------------------------------------
+
+    def scores(self, history: np.ndarray, user_idx: int) -> np.ndarray:
+        """[n_items+1] scores of one request; `history` holds item_idx, oldest first (left
+        padding allowed), and is cut to the model's last max_seq_len items."""
+        if self.kind == "static":
+            return self.static
+        history = np.asarray(history, dtype=np.int64)[-self.max_seq_len :]
+        if history.size == 0:
+            history = np.zeros(1, dtype=np.int64)
+        feeds = {"history": history[None, :], "user": np.array([user_idx], dtype=np.int64)}
+        out = self.session.run(None, {name: feeds[name] for name in self.inputs})[0][0]
+        return out @ self.item_vectors.T if self.kind == "dot" else out
+
+    def user_history(self, user_idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """(left-padded last max_seq_len items, every item the user has interacted with)."""
+        seen = self.seen_items[self.seen_indptr[user_idx] : self.seen_indptr[user_idx + 1]]
+        return self.histories[user_idx], seen
+
+    def genre_columns(self, names: list[str] | None) -> list[int]:
+        unknown = [n for n in names or [] if n not in self.genres]
+        if unknown:
+            raise ValueError(f"unknown genre {unknown[0]!r}; known: {', '.join(self.genres)}")
+        return [self.genres.index(n) for n in names or []]
+
+    def top_k(
+        self,
+        scores: np.ndarray,
+        k: int,
+        exclude: np.ndarray,
+        include_genres: list[int],
+        exclude_genres: list[int],
+    ) -> list[dict[str, Any]]:
+        """The k best items not in `exclude` that pass the genre filters, best first."""
+        s = np.array(scores, dtype=np.float64)
+        s[0] = -np.inf  # padding id
+        s[np.asarray(exclude, dtype=np.int64)] = -np.inf
+        if include_genres:
+            s[~self.genre_matrix[:, include_genres].any(axis=1)] = -np.inf
+        if exclude_genres:
+            s[self.genre_matrix[:, exclude_genres].any(axis=1)] = -np.inf
+        s[np.isnan(s)] = -np.inf
+        k = min(k, int(np.isfinite(s).sum()))
+        if k <= 0:
+            return []
+        best = np.argpartition(-s, k - 1)[:k]
+        best = best[np.lexsort((best, -s[best]))]  # by score, ties by index: deterministic
+        return [self.describe(int(i), float(s[i])) for i in best]
+
+    def describe(self, idx: int, score: float) -> dict[str, Any]:
+        return {
+            "item_id": self.item_ids[idx],
+            "score": round(score, 6),
+            "title": self.titles[idx],
+            "genres": self.item_genres[idx],
+        }
+
+    def similar(self, item_idx: int, k: int) -> list[dict[str, Any]]:
+        """Nearest items by cosine of the item embeddings (the item itself excluded)."""
+        sims = self.unit_vectors @ self.unit_vectors[item_idx]
+        return self.top_k(sims, k, np.array([item_idx]), [], [])
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "version": self.version,
+            "family": self.manifest.get("family"),
+            "scorer": self.kind,
+            "items": self.n_items,
+            "users": len(self.user_index),
+            "item_embeddings": self.item_vectors is not None,
+        }
