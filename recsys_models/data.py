@@ -142,9 +142,36 @@ class _RowBatches(Dataset):
         return self.rows[index]
 
 
+class _RankBatches(BatchSampler):
+    """Under data-parallel training (DDP), each process takes every world-th batch of the one
+    shuffled order (all processes draw it from identically seeded generators), and all take the
+    same number, so no process waits on a gradient exchange that never comes. Alone, it is a
+    plain BatchSampler."""
+
+    def __iter__(self):
+        rank, world = rank_and_world()
+        if world == 1:
+            yield from super().__iter__()
+            return
+        batches = list(super().__iter__())
+        yield from batches[rank : len(batches) // world * world : world]
+
+    def __len__(self) -> int:
+        return super().__len__() // rank_and_world()[1]
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 outside torch.distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def shuffled_batches(rows: torch.Tensor, batch_size: int, generator: torch.Generator) -> DataLoader:
     """Training batches of a precomputed tensor, reshuffled from `generator` every epoch."""
-    sampler = BatchSampler(
+    sampler = _RankBatches(
         RandomSampler(range(len(rows)), generator=generator), batch_size, drop_last=False
     )
     return DataLoader(_RowBatches(rows), sampler=sampler, batch_size=None)

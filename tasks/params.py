@@ -74,6 +74,8 @@ class TrainParams:
     patience: int = 10
     eval_batch_size: int = 512
     accelerator: str = "auto"
+    devices: int = 1  # > 1 with strategy ddp: data-parallel processes (CPU: gloo)
+    strategy: str = "auto"  # Lightning: auto|ddp|ddp_spawn|...
     precision: str = "auto"  # "auto": bf16-mixed on a GPU, 32-true on CPU; or any Lightning value
     popularity: dict[str, Any] = field(default_factory=dict)
     itemknn: dict[str, Any] = field(default_factory=dict)

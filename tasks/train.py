@@ -63,6 +63,8 @@ def train(
         net, run = _fit_gradient(module, data, config, params, out_dir, identity)
     else:
         raise RecsysError(f"model {model}: {MODELS[model]} has neither fit() nor build()")
+    if run.get("worker"):  # a data-parallel worker: rank 0 evaluates and writes
+        return {}
 
     metrics = _evaluate(net, data, params.train.eval_batch_size, settings["accelerator"])
     metrics = {key: metrics[key] for key in METRIC_KEYS} | run
@@ -323,7 +325,11 @@ def _fit_gradient(module, data, config, params: Params, out_dir: Path, identity:
 
     settings = trainer_settings(params)
     ckpt_dir = out_dir / "checkpoints"
-    last = _resumable(ckpt_dir, identity)
+    worker = _launched_worker()
+    if worker:  # rank 0 already decided: never reset the folder it is writing into
+        last = ckpt_dir / "last.ckpt" if (ckpt_dir / "last.ckpt").is_file() else None
+    else:
+        last = _resumable(ckpt_dir, identity)
     try:
         lit, datamodule = module.build(data, config, params.seed)
     except ValueError as exc:  # data the model cannot use, e.g. rating_mf without ratings
@@ -344,7 +350,12 @@ def _fit_gradient(module, data, config, params: Params, out_dir: Path, identity:
     trainer = lightning.Trainer(
         max_epochs=params.train.max_epochs,
         accelerator=params.train.accelerator,
-        devices=1,
+        devices=params.train.devices,
+        strategy=params.train.strategy,
+        # The models' loaders shard batches themselves (recsys_models.data.shuffled_batches)
+        # and every process validates on all users, so each computes the same early-stopping
+        # metric; Lightning's sampler replacement would break the batch-at-once loaders.
+        use_distributed_sampler=False,
         precision=settings["precision"],
         callbacks=[
             EarlyStopping(monitor=MONITOR, mode="max", patience=params.train.patience),
@@ -368,6 +379,13 @@ def _fit_gradient(module, data, config, params: Params, out_dir: Path, identity:
             # run.json is always there, and on a resume so are the checkpoints: expected.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* not empty")
             trainer.fit(lit, datamodule=datamodule, ckpt_path=last, weights_only=True)
+    parallel = {}
+    if trainer.world_size > 1:
+        parallel = {"world_size": trainer.world_size, "ranks_agree": _ranks_agree(lit)}
+        if not parallel["ranks_agree"]:
+            raise RecsysError(f"{out_dir}: data-parallel processes ended with different weights")
+    if worker:
+        return None, {"worker": True}
 
     final = _load_checkpoint(ckpt_dir / "last.ckpt")
     # By name inside ckpt_dir: the recorded path is absolute, and the project may have moved.
@@ -382,7 +400,29 @@ def _fit_gradient(module, data, config, params: Params, out_dir: Path, identity:
         "epochs": int(final["epoch"]) + 1,
         "best_epoch": int(best["epoch"]) + 1,
         "train_seconds": round(_callback_state(final, "TrainClock").get("seconds", 0.0), 3),
-    }
+    } | ({"data_parallel": parallel} if parallel else {})
+
+
+def _launched_worker() -> bool:
+    """Whether this process is a data-parallel worker Lightning started (rank > 0): it trains
+    in step with rank 0 but writes nothing; rank 0 owns the checkpoints and outputs."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
+def _ranks_agree(lit) -> bool:
+    """Every process holds the same weights after data-parallel training (a collective call)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    flat = torch.cat([p.detach().double().flatten().cpu() for p in lit.parameters()])
+    mine = torch.stack([flat.sum(), (flat * flat).sum(), flat.abs().max()])
+    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    return all(torch.equal(other, everyone[0]) for other in everyone)
 
 
 def _run_identity(config, settings: dict[str, Any], manifest_sha: str) -> dict[str, Any]:

@@ -174,3 +174,38 @@ def test_last_checkpoint_follows_the_last_epoch_and_early_stopping_ends_the_run(
         "last.ckpt",
         "run.json",
     ]
+
+
+@pytest.mark.slow
+def test_data_parallel_training_on_two_cpu_processes_agrees_with_one(
+    features: Path, tmp_path: Path
+):
+    """DDP with the gloo backend: two real processes (Lightning starts the second by running
+    the same `recsys train` command), identical weights on both at the end, and a model close
+    to one process trained on batches twice as large. Not equal: each process averages its
+    loss over its own half batch before the gradients are averaged, and an odd last batch is
+    dropped so both processes take the same number of steps."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    def run(name: str, devices: int, batch_size: int) -> dict:
+        sasrec = {"hidden": 32, "dropout": 0.0, "batch_size": batch_size}
+        train = {"accelerator": "cpu", "devices": devices, "max_epochs": 3, "patience": 3}
+        train |= {"strategy": "ddp" if devices > 1 else "auto", "sasrec": sasrec}
+        params_file = tmp_path / f"{name}.yaml"
+        params_file.write_text(yaml.safe_dump({"train": train}))
+        out = tmp_path / name
+        cmd = [str(Path(sys.executable).parent / "recsys"), "train", "--model", "sasrec"]
+        cmd += ["--features", str(features), "--out", str(out), "--params", str(params_file)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return read_json(out / "metrics.json")
+
+    parallel = run("ddp", devices=2, batch_size=64)
+    single = run("single", devices=1, batch_size=128)
+    assert parallel["data_parallel"] == {"world_size": 2, "ranks_agree": True}
+    assert "data_parallel" not in single
+    assert parallel["epochs"] == single["epochs"] == 3
+    assert parallel["ndcg@10"] == pytest.approx(single["ndcg@10"], abs=0.05)
