@@ -30,8 +30,12 @@ SMALL = {
     "train.gru4rec": {"hidden": 16, "batch_size": 256},
     "train.two_tower": {"dim": 16, "hidden": 32, "batch_size": 256, "history_len": 8},
     "train.als": {"factors": 8, "iterations": 3},
+    "train.bpr_mf": {"dim": 8},
+    "train.neumf": {"dim": 8, "hidden": 8},
+    "train.rating_mf": {"dim": 8},
 }
 MODELS = ("popularity", "sasrec", "two_tower", "gru4rec", "ease", "itemknn", "als")
+MODELS += ("bpr_mf", "neumf", "rating_mf", "content_based", "userknn")  # every family
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +271,25 @@ def test_cli_export_and_promote(setup: dict, tmp_path: Path, capsys):
     assert main(argv) == 0
     assert json.loads((artifacts / "champion.json").read_text())["reason"] == "cli"
     assert main(["promote", "popularity", "nope", "--artifacts", str(artifacts)]) == 2
+
+
+def test_the_service_serves_every_family_as_champion(setup: dict, tmp_path: Path):
+    """One real service; each family promoted in turn and hot-reloaded answers a known user."""
+    from tests.test_serve import Maps, server, wait_for
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(setup["artifacts"], artifacts)
+    first = MODELS[0]
+    registry.promote(artifacts, first, setup["manifests"][first]["version"], "test")
+    maps = Maps(folder(setup, first))
+    user = next(u for u in maps.user_idx if len(maps.seen_ids(u)) > 0)
+    with server(artifacts, tmp_path / "serve.log") as client:
+        for name in MODELS:
+            registry.promote(artifacts, name, setup["manifests"][name]["version"], "test")
+            wait_for(lambda name=name: client.get("/readyz").json().get("model") == name)
+            answer = client.get(f"/recommend/{user}", params={"k": 5})
+            assert answer.status_code == 200, (name, answer.text)
+            body = answer.json()
+            assert body["model"] == name and not body["fallback"]
+            items = [row["item_id"] for row in body["items"]]
+            assert len(items) == 5 and not set(items) & maps.seen_ids(user), name
