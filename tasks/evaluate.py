@@ -39,6 +39,9 @@ from tasks.params import MODEL_NAMES, EvaluateParams, Params
 KS = (5, 10, 20)
 BEYOND_K = 10
 HISTORY_BUCKETS = (0, 20, 50, 100, 200, 500)  # lower edges, for NDCG@10 by history length
+PRIMARY_METRICS = tuple(
+    f"{name}@{k}" for name in ("ndcg", "hr", "recall", "precision") for k in KS
+) + ("mrr", "auc")
 
 
 def model_dir(models_root: str | Path, name: str, protocol: str = "loo") -> Path:
@@ -324,6 +327,11 @@ def evaluate(
     p = params.evaluate
     if "loo" not in p.protocols:
         raise RecsysError("params.yaml: evaluate.protocols must include loo (the primary one)")
+    if p.primary_metric not in PRIMARY_METRICS:
+        raise RecsysError(
+            f"params.yaml: evaluate.primary_metric {p.primary_metric!r} is not one of "
+            + ", ".join(PRIMARY_METRICS)
+        )
     if not (features_dir / "manifest.json").is_file():
         raise RecsysError(f"{features_dir / 'manifest.json'}: not found; run `recsys features`")
     version = data_version(features_dir, dvc_file)

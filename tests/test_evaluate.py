@@ -279,3 +279,10 @@ def test_sampled_negatives_avoid_every_target_and_the_history_under_the_temporal
         assert drawn and not drawn & forbidden
     again = sample_negatives(data.n_items, indptr, items, users, data.test_target[users], 20, 7)
     assert np.array_equal(negatives, again)
+
+
+def test_an_unknown_primary_metric_is_a_clear_error(trained, tmp_path: Path):
+    features, models, params = trained
+    bad = replace(params, evaluate=replace(params.evaluate, primary_metric="ndcg@7"))
+    with pytest.raises(RecsysError, match="primary_metric 'ndcg@7' is not one of"):
+        evaluate(features, models, tmp_path / "out", bad)
