@@ -103,6 +103,21 @@ def test_dvc_repro_runs_the_stages_and_a_second_repro_changes_nothing(project: P
     status = run(["dvc", "status"], project, env)
     assert "up to date" in status.stdout
 
+    # A DVC experiment changes one hyper-parameter: only SASRec's stages and the evaluation
+    # rerun, and DVC compares the experiment's metrics and plots with the workspace's.
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    run([*git, "add", "-A"], project, env)
+    run([*git, "commit", "-qm", "baseline"], project, env)
+    exp = run(["dvc", "exp", "run", "-n", "wide", "-S", "train.sasrec.hidden=16"], project, env)
+    assert "Running stage 'train@sasrec'" in exp.stdout
+    assert "Running stage 'evaluate'" in exp.stdout
+    assert "Running stage 'fit@ease'" not in exp.stdout
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project, env).stdout)
+    assert "wide" in json.dumps(shown) and '"hidden": 16' in json.dumps(shown)
+    diff = run(["dvc", "metrics", "diff", "HEAD", "--json"], project, env).stdout
+    assert "reports/evaluation/metrics.json" in diff
+    run(["dvc", "plots", "diff", "HEAD", "--json"], project, env)
+
 
 def test_cli_chain_then_bad_raw_file_leaves_outputs_intact(project: Path, tmp_path):
     env = clean_env(tmp_path)
