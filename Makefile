@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval serve bench-serve clean
+.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval serve bench-serve prefect clean
 
 venv: $(STAMP)
 
@@ -104,6 +104,12 @@ SERVE_SECONDS ?= 30
 bench-serve: data
 	$(BIN)/dvc repro train@sasrec
 	$(BIN)/python bench/bench_serve.py --duration $(SERVE_SECONDS)
+
+# A local Prefect stack: server + UI on 127.0.0.1:$(PREFECT_PORT), the process work pool, the
+# deployments of deploy/prefect.yaml and a worker (deploy/prefect_stack.py). Ctrl-C stops it.
+PREFECT_PORT ?= 4200
+prefect: $(STAMP)
+	$(BIN)/python deploy/prefect_stack.py --port $(PREFECT_PORT) --project-dir .
 
 clean:
 	rm -rf data/interim data/features reports models artifacts

@@ -1,8 +1,15 @@
-"""The Prefect flow: ingest -> validate -> features -> train -> evaluate, composed from the
-stage functions.
+"""The Prefect flows, composed from the stage functions of tasks/:
 
-The tasks are thin wrappers: all logic lives in tasks/, so `dvc repro` and this flow run the
+- `recsys-pipeline` (deployments `full` and `retrain`): [append incoming files ->] ingest ->
+  validate -> features -> train (each model of train.models, both protocols) -> evaluate ->
+  export + promote as tasks/release.py decides;
+- `validate-only`: ingest -> validate;
+- `evaluate-only`: evaluate the models already trained (no export, no promotion).
+
+The tasks are thin wrappers: all logic lives in tasks/, so `dvc repro` and these flows run the
 very same code. Bad input (RecsysError) is never retried; I/O that can fail transiently is.
+Stages are cached on their input files' content and parameters (flows/caching.py) and every
+flow holds the project's pipeline lock (flows/locking.py) for its whole stage chain.
 """
 
 from __future__ import annotations
@@ -11,12 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import RecsysError
+from flows import artifacts
+from flows.caching import inputs_key, run_stage, with_fingerprint
+from flows.locking import LOCK_FILE, pipeline_lock
+from tasks.errors import RecsysError, ValidationFailed
 from tasks.evaluate import model_dir
-from tasks.params import load_params
+from tasks.params import Params, load_params
+from tasks.registry import CHAMPION, read_champion
+
+SUMMARY_FILE = "summary.json"  # tasks.validate.SUMMARY_FILE, without importing Great Expectations
 
 
 def _transient(task_, task_run, state) -> bool:
@@ -32,6 +44,22 @@ def _transient(task_, task_run, state) -> bool:
     return False
 
 
+def _train_part(params: Params, parameters: dict[str, Any]) -> dict[str, Any]:
+    """What one model's training reads of the parameters: the seed, the trainer, its section."""
+    t = params.train
+    trainer = ("max_epochs", "patience", "eval_batch_size", "accelerator", "devices", "strategy")
+    trainer += ("precision",)
+    return {
+        "seed": params.seed,
+        **{name: getattr(t, name) for name in trainer},
+        "model": getattr(t, parameters["model"], None),
+    }
+
+
+def _evaluate_part(params: Params, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"seed": params.seed, "evaluate": params.evaluate}
+
+
 @task(
     name="fetch",
     retries=2,
@@ -45,58 +73,117 @@ def fetch_task(dataset: str, out: str) -> str:
     return str(fetch_movielens(dataset, Path(out)))
 
 
+@task(name="stage-incoming", cache_policy=NO_CACHE)
+def stage_incoming_task(incoming: str, raw: str, source: str) -> dict[str, Any]:
+    from tasks.incoming import stage_incoming
+
+    return stage_incoming(incoming, raw, source)
+
+
+@task(name="commit-incoming", cache_policy=NO_CACHE)
+def commit_incoming_task(staged: dict[str, Any], incoming: str) -> dict[str, Any]:
+    from tasks.incoming import commit_incoming
+
+    return commit_incoming(staged, incoming)
+
+
+@task(name="reject-incoming", cache_policy=NO_CACHE)
+def reject_incoming_task(staged: dict[str, Any], incoming: str, reason: str) -> dict[str, Any]:
+    from tasks.incoming import reject_incoming
+
+    return reject_incoming(staged, incoming, reason)
+
+
 @task(
     name="ingest",
     retries=1,
     retry_delay_seconds=2,
     retry_condition_fn=_transient,
-    cache_policy=NO_CACHE,
+    cache_key_fn=inputs_key("path"),
 )
 def ingest_task(source: str, path: str, out: str) -> dict[str, Any]:
     from tasks.ingest import ingest
 
-    return ingest(source=source, path=Path(path), out_dir=Path(out))
+    summary = ingest(source=source, path=Path(path), out_dir=Path(out))
+    return with_fingerprint(summary, out)
 
 
-@task(name="validate", cache_policy=NO_CACHE)
+@task(name="validate", cache_key_fn=inputs_key("interim"))
 def validate_task(interim: str, out: str, params: Any) -> dict[str, Any]:
     from tasks.validate import validate
 
-    return validate(interim_dir=Path(interim), out_dir=Path(out), params=params)
+    summary = validate(interim_dir=Path(interim), out_dir=Path(out), params=params)
+    return with_fingerprint(summary, out)
 
 
-@task(name="features", cache_policy=NO_CACHE)
+@task(name="features", cache_key_fn=inputs_key("interim", "validation"))
 def features_task(interim: str, out: str, params: Any, seed: int, validation: str) -> dict:
     from tasks.features import build_features
 
-    return build_features(
+    summary = build_features(
         interim_dir=Path(interim),
         out_dir=Path(out),
         params=params,
         seed=seed,
         validation_dir=Path(validation),
     )
+    return with_fingerprint(summary, out)
 
 
-@task(name="train", cache_policy=NO_CACHE)
+@task(name="train", cache_key_fn=inputs_key("features", narrow={"params": _train_part}))
 def train_task(
     model: str, features: str, out: str, params: Any, protocol: str = "loo"
 ) -> dict[str, Any]:
     from tasks.train import train
 
-    return train(
+    metrics = train(
         model=model, features_dir=Path(features), out_dir=Path(out), params=params,
         protocol=protocol,
     )  # fmt: skip
+    return with_fingerprint(metrics, out, _exclude(protocol))
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(features: str, models: str, out: str, params: Any) -> dict[str, Any]:
+@task(
+    name="evaluate",
+    cache_key_fn=inputs_key("features", "models", "champion", narrow={"params": _evaluate_part}),
+)
+def evaluate_task(
+    features: str, models: str, out: str, params: Any, champion: str | None = None
+) -> dict[str, Any]:
+    """`champion` (artifacts/champion.json) is read by evaluate itself; named here so that a
+    new champion invalidates the cached evaluation."""
     from tasks.evaluate import evaluate
 
-    return evaluate(
+    result = evaluate(
         features_dir=Path(features), models_dir=Path(models), out_dir=Path(out), params=params
     )
+    return with_fingerprint(result, out)
+
+
+@task(name="export", cache_key_fn=inputs_key("model", "features"))
+def export_task(name: str, model: str, features: str, artifacts_dir: str) -> dict[str, Any]:
+    """`model` is models/<name>: exporting the same weights again reuses the cached version."""
+    from tasks.export import export
+
+    manifest = export(
+        name=name,
+        models_dir=Path(model).parent,
+        features_dir=Path(features),
+        artifacts_dir=Path(artifacts_dir),
+    )
+    return with_fingerprint(manifest, Path(artifacts_dir) / name / manifest["version"])
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(artifacts_dir: str, name: str, version: str, reason: str) -> dict[str, Any]:
+    from tasks.registry import promote
+
+    return promote(Path(artifacts_dir), name, version, reason)
+
+
+def _exclude(protocol: str) -> tuple[str, ...]:
+    """The leave-one-out model folder holds the temporal one: not part of its output."""
+    return ("temporal",) if protocol == "loo" else ()
 
 
 TRAIN_COLUMNS = ("ndcg@10", "hr@10", "mrr", "ndcg@20", "hr@20", "epochs", "train_seconds")
@@ -105,7 +192,7 @@ TRAIN_COLUMNS = ("ndcg@10", "hr@10", "mrr", "ndcg@20", "hr@20", "epochs", "train
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = ["# recsys pipeline: data summary", ""]
     for stage, figures in summary.items():
-        if stage in ("train", "evaluate", "report"):
+        if stage in ("train", "evaluate", "report", "release", "incoming") or not figures:
             continue
         lines += [f"## {stage}", "", "| field | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in figures.items() if not isinstance(v, (dict, list))]
@@ -128,6 +215,145 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _holder() -> str:
+    from prefect.runtime import flow_run
+
+    return f"flow run {flow_run.name or '?'} ({flow_run.id or 'no id'})"
+
+
+# --- stage chains shared by the flows ---------------------------------------------------------
+
+
+def _ingest_and_validate(
+    params: Params, source: str, raw: str, summary: dict[str, Any], incoming: str | None = None
+) -> None:
+    """ingest -> validate; with `incoming`, the new files are appended only if validation
+    passes. The validation artifact is published whether it passed or not."""
+    logger = get_run_logger()
+    staged = None
+    if incoming is not None:
+        staged = _stage_incoming(incoming, raw, source)
+        summary["incoming"] = staged
+        raw = staged["candidate"] or raw
+    summary["ingest"] = run_stage(ingest_task, params.ingest.out, source, raw, params.ingest.out)
+    logger.info("ingest wrote %s", params.ingest.out)
+    try:
+        summary["validate"] = run_stage(
+            validate_task, params.validate.out, params.ingest.out, params.validate.out,
+            params.validate,
+        )  # fmt: skip
+    except ValidationFailed as exc:
+        _publish_validation(params)
+        if staged and staged["files"]:
+            outcome = reject_incoming_task(staged, incoming, str(exc))
+            artifacts.publish(
+                artifacts.INCOMING,
+                artifacts.incoming_markdown(staged, outcome),
+                "New interaction files: rejected by validation",
+            )
+        raise
+    _publish_validation(params)
+    logger.info("validation report in %s", params.validate.out)
+    if staged and staged["files"]:
+        outcome = commit_incoming_task(staged, incoming)
+        artifacts.publish(
+            artifacts.INCOMING,
+            artifacts.incoming_markdown(staged, outcome),
+            "New interaction files: appended to the raw data",
+        )
+
+
+def _stage_incoming(incoming: str, raw: str, source: str) -> dict[str, Any]:
+    """Stage the new files; a file that cannot be appended is rejected with the reason."""
+    from tasks.incoming import BadIncomingFile, pending_files
+
+    try:
+        return stage_incoming_task(incoming, raw, source)
+    except BadIncomingFile as exc:
+        files = {"files": [str(f) for f in pending_files(incoming)], "rows_added": 0}
+        staged = files | {"candidate": None, "raw": raw}
+        outcome = reject_incoming_task(staged, incoming, str(exc))
+        artifacts.publish(
+            artifacts.INCOMING,
+            artifacts.incoming_markdown(staged, outcome),
+            "New interaction files: rejected (they do not fit the raw data)",
+        )
+        raise
+
+
+def _publish_validation(params: Params) -> None:
+    """From summary.json, which the stage writes whether the checks passed or failed."""
+    artifacts.publish(
+        artifacts.VALIDATION,
+        artifacts.validation_markdown(Path(params.validate.out) / SUMMARY_FILE),
+        "Great Expectations result (drift included) and the path to its Data Docs",
+    )
+
+
+def _evaluate(params: Params) -> dict[str, Any]:
+    champion = Path(params.evaluate.artifacts) / CHAMPION
+    evaluation = run_stage(
+        evaluate_task, params.evaluate.out, params.features.out, params.train.out,
+        params.evaluate.out, params, str(champion),
+    )  # fmt: skip
+    artifacts.publish(
+        artifacts.EVALUATION_REPORT,
+        evaluation["report"],
+        "Every model under both protocols, champion vs challenger, the decision",
+    )
+    artifacts.publish(
+        artifacts.METRICS,
+        artifacts.metrics_markdown(evaluation["models"], params.evaluate.primary_metric),
+        "Leave-one-out full-ranking metrics of every evaluated model",
+    )
+    return evaluation
+
+
+def _release(params: Params, decision: dict[str, Any], release: bool) -> dict[str, Any]:
+    """Export and promote as tasks.release decides; publish the decision and model version."""
+    from tasks.release import release_plan
+
+    logger = get_run_logger()
+    artifacts_dir = params.evaluate.artifacts
+    plan = release_plan(decision, artifacts_dir) if release else None
+    artifacts.publish(
+        artifacts.DECISION,
+        artifacts.decision_markdown(decision, plan),
+        "Champion vs challenger: the verdict, its evidence, and what this run did with it",
+    )
+    exported, promoted = None, False
+    if plan and plan["model"]:
+        name = plan["model"]
+        exported = run_stage(
+            export_task,
+            lambda m: Path(artifacts_dir) / name / m["version"],
+            name,
+            str(model_dir(params.train.out, name)),
+            params.features.out,
+            artifacts_dir,
+        )
+        logger.info("exported %s/%s", name, exported["version"])
+        if plan["promote"]:
+            promote_task(artifacts_dir, name, exported["version"], plan["reason"])
+            promoted = True
+            logger.info("promoted %s/%s: %s", name, exported["version"], plan["reason"])
+    champion = read_champion(artifacts_dir)
+    artifacts.publish(
+        artifacts.MODEL_VERSION,
+        artifacts.model_version_markdown(champion, exported, promoted),
+        "The version exported and promoted by this run, and the champion being served",
+    )
+    return {
+        "plan": plan,
+        "exported": exported and exported["version"],
+        "promoted": promoted,
+        "champion": champion,
+    }
+
+
+# --- flows -------------------------------------------------------------------------------------
+
+
 @flow(name="recsys-pipeline", log_prints=True)
 def recsys_pipeline(
     params_path: str = "params.yaml",
@@ -135,8 +361,11 @@ def recsys_pipeline(
     raw_path: str | None = None,
     overrides: dict[str, Any] | None = None,
     fetch: bool = True,
+    incoming: str | None = None,
+    release: bool = True,
+    lock_timeout_s: float = 6 * 3600,
 ) -> dict[str, Any]:
-    """Ingest raw interactions, validate them with Great Expectations, build features, train.
+    """The whole pipeline: ingest, validate, features, train, evaluate, export, promote.
 
     Args:
         params_path: the parameters file (params.yaml), the one source of every tunable value.
@@ -145,42 +374,114 @@ def recsys_pipeline(
         overrides: dotted-key parameter overrides, as with `dvc exp run -S`,
             e.g. {"features.max_seq_len": 100}.
         fetch: download the MovieLens raw files first when they are missing.
+        incoming: retrain mode: a folder of newly arrived *.parquet/*.csv interaction files to
+            append to the raw data (csv/parquet sources) once they pass validation (drift
+            included). With no file waiting, nothing is retrained. Empty: a full run.
+        release: export and promote as the decision says (promote only on a positive
+            decision, or the evaluation's champion when nothing was promoted yet).
+        lock_timeout_s: how long to wait for another run of this project to finish.
     """
     logger = get_run_logger()
     params = load_params(params_path, overrides)
     source = source or params.ingest.source
     raw = raw_path or params.ingest.path
-    if fetch and source.startswith("movielens") and not Path(raw).exists():
-        fetch_task(source, raw)
+    incoming = incoming or None  # an emptied form field is a full run, never the project root
     summary: dict[str, Any] = {}
-    summary["ingest"] = ingest_task(source, raw, params.ingest.out)
-    logger.info("ingest wrote %s", params.ingest.out)
-    summary["validate"] = validate_task(params.ingest.out, params.validate.out, params.validate)
-    logger.info("validation report in %s", params.validate.out)
-    summary["features"] = features_task(
-        params.ingest.out, params.features.out, params.features, params.seed, params.validate.out
-    )
-    logger.info("features in %s", params.features.out)
-    summary["train"] = {}
-    for protocol in params.evaluate.protocols:
-        for model in params.train.models:
-            out = str(model_dir(params.train.out, model, protocol))
-            metrics = train_task(model, params.features.out, out, params, protocol)
-            if protocol == "loo":
-                summary["train"][model] = metrics
-            logger.info("%s (%s) trained into %s", model, protocol, out)
-    create_markdown_artifact(
-        markdown=summary_markdown(summary),
-        key="data-summary",
-        description="Rows, users, items, validation result and model metrics of this run",
-    )
-    evaluation = evaluate_task(params.features.out, params.train.out, params.evaluate.out, params)
-    summary["evaluate"] = evaluation["decision"]
-    create_markdown_artifact(
-        markdown=evaluation["report"],
-        key="evaluation-report",
-        description="Every model under both protocols, champion vs challenger, the decision",
-    )
-    logger.info("evaluation report in %s", params.evaluate.out)
-    summary["report"] = evaluation["report"]
+    with pipeline_lock(LOCK_FILE, lock_timeout_s, _holder(), logger.info):
+        if fetch and source.startswith("movielens") and not Path(raw).exists():
+            fetch_task(source, raw)
+        _ingest_and_validate(params, source, raw, summary, incoming)
+        if incoming is not None and not summary["incoming"]["files"]:
+            artifacts.publish(
+                artifacts.INCOMING,
+                artifacts.incoming_markdown(summary["incoming"], None),
+                "New interaction files: none arrived",
+            )
+            logger.info("no new files in %s: nothing to retrain", incoming)
+            summary["skipped"] = True
+            return summary
+        summary["features"] = run_stage(
+            features_task, params.features.out, params.ingest.out, params.features.out,
+            params.features, params.seed, params.validate.out,
+        )  # fmt: skip
+        logger.info("features in %s", params.features.out)
+        summary["train"] = {}
+        for protocol in params.evaluate.protocols:
+            for model in params.train.models:
+                out = str(model_dir(params.train.out, model, protocol))
+                metrics = run_stage(
+                    train_task, out, model, params.features.out, out, params, protocol,
+                    exclude=_exclude(protocol),
+                )  # fmt: skip
+                if protocol == "loo":
+                    summary["train"][model] = metrics
+                logger.info("%s (%s) trained into %s", model, protocol, out)
+        artifacts.publish(
+            artifacts.DATA_SUMMARY,
+            summary_markdown(summary),
+            "Rows, users, items, validation result and model metrics of this run",
+        )
+        evaluation = _evaluate(params)
+        summary["evaluate"] = evaluation["decision"]
+        summary["report"] = evaluation["report"]
+        logger.info("evaluation report in %s", params.evaluate.out)
+        summary["release"] = _release(params, evaluation["decision"], release)
     return summary
+
+
+@flow(name="validate-only", log_prints=True)
+def validate_only(
+    params_path: str = "params.yaml",
+    source: str | None = None,
+    raw_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    fetch: bool = True,
+    lock_timeout_s: float = 6 * 3600,
+) -> dict[str, Any]:
+    """Ingest the raw data and validate it (Great Expectations, drift included); nothing else.
+
+    Args:
+        params_path: the parameters file (params.yaml).
+        source: ingest source name; default params.yaml `ingest.source`.
+        raw_path: raw file or folder; default params.yaml `ingest.path`.
+        overrides: dotted-key parameter overrides, e.g. {"validate.drift.max_row_change": 0.8}.
+        fetch: download the MovieLens raw files first when they are missing.
+        lock_timeout_s: how long to wait for another run of this project to finish.
+    """
+    params = load_params(params_path, overrides)
+    source = source or params.ingest.source
+    raw = raw_path or params.ingest.path
+    summary: dict[str, Any] = {}
+    with pipeline_lock(LOCK_FILE, lock_timeout_s, _holder(), get_run_logger().info):
+        if fetch and source.startswith("movielens") and not Path(raw).exists():
+            fetch_task(source, raw)
+        _ingest_and_validate(params, source, raw, summary)
+    artifacts.publish(
+        artifacts.DATA_SUMMARY,
+        summary_markdown(summary),
+        "Rows, users, items and the validation result of this run",
+    )
+    return summary
+
+
+@flow(name="evaluate-only", log_prints=True)
+def evaluate_only(
+    params_path: str = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+    lock_timeout_s: float = 6 * 3600,
+) -> dict[str, Any]:
+    """Evaluate the models already trained (data/features, models/) against the champion.
+
+    Writes the report and decision; exports and promotes nothing (run `recsys-pipeline` or
+    `recsys promote` for that).
+
+    Args:
+        params_path: the parameters file (params.yaml).
+        overrides: dotted-key parameter overrides, e.g. {"evaluate.alpha": 0.01}.
+        lock_timeout_s: how long to wait for another run of this project to finish.
+    """
+    params = load_params(params_path, overrides)
+    with pipeline_lock(LOCK_FILE, lock_timeout_s, _holder(), get_run_logger().info):
+        evaluation = _evaluate(params)
+        release = _release(params, evaluation["decision"], release=False)
+    return {"evaluate": evaluation["decision"], "report": evaluation["report"], "release": release}

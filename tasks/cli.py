@@ -166,13 +166,26 @@ def cmd_flow_run(args: argparse.Namespace) -> None:
     from flows.pipeline import recsys_pipeline, summary_markdown
 
     overrides = dict(_parse_override(item) for item in args.set)
-    summary = recsys_pipeline(params_path=args.params, overrides=overrides, fetch=not args.no_fetch)
+    summary = recsys_pipeline(
+        params_path=args.params,
+        overrides=overrides,
+        fetch=not args.no_fetch,
+        incoming=args.incoming,
+        release=not args.no_release,
+    )
+    if summary.get("skipped"):
+        print(f"no new files in {args.incoming}: nothing retrained, the champion is unchanged")
+        return
     print(summary_markdown(summary))
     print("(published as the Prefect artifact `data-summary`)\n")
     report = summary["report"]
     print(report[report.index("## Champion") :])  # the comparison tables end the report
     print_decision(summary["evaluate"]["verdict"])
     print("(full report: reports/evaluation/report.html; Prefect artifact `evaluation-report`)")
+    champion = summary["release"]["champion"]
+    if champion:
+        done = "promoted now" if summary["release"]["promoted"] else "unchanged"
+        print(f"champion: {champion['model']}/{champion['version']} ({done})")
 
 
 def _parse_override(item: str) -> tuple[str, object]:
@@ -295,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = flow_sub.add_parser("run", help="Run recsys_pipeline: ingest -> validate -> features.")
     _add_debug(p)
     p.add_argument("--no-fetch", action="store_true", help="do not fetch MovieLens raw files")
+    p.add_argument(
+        "--incoming",
+        metavar="DIR",
+        help="retrain: append DIR's new *.parquet/*.csv files to the raw data once validated",
+    )
+    p.add_argument(
+        "--no-release", action="store_true", help="stop after evaluate: no export, no promotion"
+    )
     p.add_argument(
         "--set",
         action="append",

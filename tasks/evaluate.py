@@ -336,6 +336,7 @@ def evaluate(
         raise RecsysError(f"{features_dir / 'manifest.json'}: not found; run `recsys features`")
     version = data_version(features_dir, dvc_file)
     scored: dict[str, dict[str, Scored]] = {}
+    skipped: list[dict[str, str]] = []
     primary_data = None
     for protocol in p.protocols:
         names = trained_models(models_dir, protocol)
@@ -349,11 +350,21 @@ def evaluate(
         scored[protocol] = {}
         for name in names:
             folder = model_dir(models_dir, name, protocol)
-            _check_trained_on(folder, version["features_manifest_sha256"], protocol)
+            stale = _stale(folder, version["features_manifest_sha256"], protocol)
+            if stale:  # e.g. a model dropped from train.models before the data changed
+                print(f"evaluate: skipped {folder}: {stale}")
+                skipped.append({"model": name, "protocol": protocol, "reason": stale})
+                continue
             net = load_model(folder, data, params.seed)
             scored[protocol][name] = score_model(net, data, name, protocol, params)
             print(f"evaluate: {protocol} {name} in {scored[protocol][name].seconds:.2f} s")
 
+    if not scored["loo"]:
+        raise RecsysError(
+            f"{models_dir}: no model trained on these features; retrain (recsys train): "
+            + "; ".join(f"{s['model']} {s['reason']}" for s in skipped)
+        )
+    scored = {protocol: models for protocol, models in scored.items() if models}
     cards = {
         f"{protocol}/{kind}": protocol_card(protocol, kind, version, p, params.seed)
         for protocol in scored
@@ -393,6 +404,7 @@ def evaluate(
             {k: v for k, v in r.items() if k != "segments"} for r in result["challengers"]
         ],
         "guardrail_thresholds": dict(vars(p.guardrails)),
+        "skipped_models": skipped,
         "data_version": version,
     }
     with staged_dir(out_dir) as tmp:
@@ -414,17 +426,19 @@ def evaluate(
     return {"models": {n: s.full for n, s in loo.items()}, "decision": decision, "report": text}
 
 
-def _check_trained_on(folder: Path, manifest_sha: str, protocol: str) -> None:
-    """A model trained on other features (or another protocol) would score the wrong users."""
+def _stale(folder: Path, manifest_sha: str, protocol: str) -> str | None:
+    """Why a trained model cannot be scored on these features (None: it can). A model trained
+    on other features would score the wrong users and items."""
     config = folder / "config.json"
     try:
         recorded = json.loads(config.read_text())["data"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RecsysError(f"{config}: not a model config ({exc!r})") from exc
     if recorded.get("manifest_sha256") != manifest_sha:
-        raise RecsysError(f"{folder}: trained on other features; retrain it (recsys train)")
+        return "trained on other features"
     if recorded.get("protocol", "loo") != protocol:
-        raise RecsysError(f"{folder}: trained on the {recorded.get('protocol')} protocol")
+        return f"trained on the {recorded.get('protocol')} protocol"
+    return None
 
 
 def metric_rows(

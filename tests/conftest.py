@@ -23,6 +23,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def api_call(api: str, path: str, body: dict | None = None, method: str = "POST") -> Any:
+    """The REST calls the Prefect UI makes (the 3.8 client sends nulls this server refuses).
+
+    A 503 is retried: Prefect's SQLite-backed server answers it while the database is busy,
+    which on a loaded 2-core machine happens; the UI retries such calls too.
+    """
+    import json
+    import urllib.error
+
+    data = None if body is None else json.dumps(body).encode()
+    for attempt in range(6):
+        req = urllib.request.Request(
+            api + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == 5:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+
 def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     """The environment of a process that talks to one test's Prefect server (or none)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

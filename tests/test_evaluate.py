@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -248,9 +249,18 @@ def test_registry_champion_is_used_and_stale_models_are_refused(trained, tmp_pat
     config["data"]["manifest_sha256"] = "0" * 64
     (stale / "popularity" / "config.json").write_text(json.dumps(config))
     before = (out / "decision.json").read_text()
-    with pytest.raises(RecsysError, match="trained on other features"):
+    with pytest.raises(RecsysError, match="popularity trained on other features"):
         evaluate(features, stale, out, params, dvc_file=tmp_path / "none.dvc")
     assert (out / "decision.json").read_text() == before  # the earlier report is intact
+
+    # Beside models trained on these features, a stale one is skipped and recorded.
+    for name in ("itemknn", "ease"):
+        shutil.copytree(models / name, stale / name, ignore=shutil.ignore_patterns("temporal"))
+    summary = evaluate(features, stale, out, params, dvc_file=tmp_path / "none.dvc")
+    assert set(summary["models"]) == {"itemknn", "ease"}
+    assert summary["decision"]["skipped_models"] == [
+        {"model": "popularity", "protocol": "loo", "reason": "trained on other features"}
+    ]
 
 
 def test_no_trained_model_is_a_clear_error(trained, tmp_path: Path):

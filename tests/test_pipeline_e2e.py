@@ -6,14 +6,13 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import prefect_env
+from tests.conftest import api_call, prefect_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -142,25 +141,16 @@ def test_flow_run_on_a_real_server_completes_and_publishes_the_artifact(
     interactions = pl.read_parquet(project / "data/features/interactions.parquet")
     assert interactions.height > 0
 
-    runs = api_post(prefect_server, "/flow_runs/filter", {"limit": 5})
+    runs = api_call(prefect_server, "/flow_runs/filter", {"limit": 5})
     assert [r["state_type"] for r in runs] == ["COMPLETED"]
-    artifacts = api_post(
+    artifacts = api_call(
         prefect_server, "/artifacts/filter", {"artifacts": {"key": {"any_": ["data-summary"]}}}
     )
     assert len(artifacts) == 1 and artifacts[0]["flow_run_id"] == runs[0]["id"]
     assert "| rows | 8000 |" in artifacts[0]["data"]
-    report = api_post(
+    report = api_call(
         prefect_server, "/artifacts/filter", {"artifacts": {"key": {"any_": ["evaluation-report"]}}}
     )
     assert len(report) == 1 and "Champion" in report[0]["data"]
     assert "decision:" in proc.stdout
     assert (project / "reports/evaluation/decision.json").is_file()
-
-
-def api_post(api: str, path: str, body: dict) -> list[dict]:
-    """The REST calls the Prefect UI makes (the 3.8 client sends nulls this server refuses)."""
-    req = urllib.request.Request(
-        api + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())

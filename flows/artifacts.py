@@ -1,0 +1,160 @@
+"""The markdown artifacts every flow run publishes, under stable keys.
+
+Stable keys make each artifact a series in the Prefect UI (Artifacts -> key -> one version per
+run), so an operator can page through past validations, decisions and champions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact
+
+DATA_SUMMARY = "data-summary"
+VALIDATION = "validation-result"
+METRICS = "metrics-table"
+DECISION = "decision"
+MODEL_VERSION = "model-version"
+EVALUATION_REPORT = "evaluation-report"
+INCOMING = "incoming-data"
+
+METRIC_COLUMNS = ("ndcg@10", "hr@10", "mrr", "ndcg@20", "hr@20", "auc")
+
+
+def publish(key: str, markdown: str, description: str) -> None:
+    create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def validation_markdown(summary_file: str | Path) -> str:
+    """reports/validation/summary.json as a table: verdict, figures, drift, failures, Data Docs.
+
+    Read from the file rather than from the stage's return value so that a failed validation
+    (the stage raised) is published too.
+    """
+    path = Path(summary_file)
+    if not path.is_file():
+        return f"# Validation\n\nNo report: {path} was not written (the stage failed earlier)."
+    summary = json.loads(path.read_text())
+    ok = summary.get("success")
+    docs = Path(summary.get("data_docs", "")).resolve()
+    lines = [
+        f"# Validation: {'passed' if ok else 'FAILED'}",
+        "",
+        f"Data Docs: [{docs}](file://{docs}) (Great Expectations, open in a browser)",
+        f"Summary: `{path.resolve()}`",
+        "",
+        "| field | value |",
+        "| --- | --- |",
+    ]
+    for key in ("rows", "users", "items", "duplicates", "duplicate_fraction"):
+        lines.append(f"| {key} | {_cell(summary.get(key))} |")
+    drift = summary.get("drift")
+    if drift:
+        lines += ["", "## Drift against the previous validated version", ""]
+        lines += ["| figure | value | limit |", "| --- | --- | --- |"]
+        lines.append(
+            f"| row change | {_cell(drift['row_change'])} | {_cell(drift['max_row_change'])} |"
+        )
+        lines.append(
+            f"| popularity shift | {_cell(drift['popularity_shift'])} | "
+            f"{_cell(drift['max_popularity_shift'])} |"
+        )
+    failed = [e for e in summary.get("expectations", []) if not e.get("success")]
+    total = len(summary.get("expectations", []))
+    lines += ["", f"{total} expectations evaluated, {len(failed)} failed."]
+    if failed:
+        lines += ["", "| table | column | expectation | unexpected | examples |"]
+        lines.append("| --- | --- | --- | --- | --- |")
+        for e in failed:
+            lines.append(
+                f"| {e['table']} | {e.get('column') or ''} | {e['expectation']} | "
+                f"{e.get('unexpected_count')} | {', '.join(map(str, e.get('examples') or []))} |"
+            )
+    return "\n".join(lines)
+
+
+def metrics_markdown(models: dict[str, dict[str, Any]], primary: str) -> str:
+    """Every model's leave-one-out full-ranking metrics, best primary metric first."""
+    order = sorted(models, key=lambda name: -float(models[name].get(primary, 0.0)))
+    lines = [
+        f"# Metrics (leave-one-out, full ranking; sorted by {primary})",
+        "",
+        "| model | " + " | ".join(METRIC_COLUMNS) + " |",
+        "| --- |" + " --- |" * len(METRIC_COLUMNS),
+    ]
+    for name in order:
+        cells = [_cell(models[name].get(key, "")) for key in METRIC_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def decision_markdown(decision: dict[str, Any], plan: dict[str, Any] | None) -> str:
+    verdict = decision["verdict"]
+    action = f"promote **{verdict['model']}**" if verdict["promote"] else "keep the champion"
+    lines = [
+        f"# Decision: {action}",
+        "",
+        f"- reason: {verdict['reason']}",
+        f"- champion evaluated: {decision['champion']} ({decision.get('champion_source')})",
+        f"- primary metric: {decision['primary']['metric']}",
+        f"- decided at: {decision.get('decided_at')}",
+    ]
+    if plan is not None:
+        step = f"export {plan['model']}" if plan["model"] else "nothing to export"
+        lines.append(f"- this run: {step}; promote: {plan['promote']} ({plan['reason']})")
+    if decision.get("evidence"):
+        lines += ["", "| challenger | mean diff | 95% CI | p (Wilcoxon) | guardrails | eligible |"]
+        lines.append("| --- | --- | --- | --- | --- | --- |")
+        for e in decision["evidence"]:
+            low, high = e.get("ci95") or (float("nan"), float("nan"))
+            breached = ", ".join(e.get("guardrails_breached") or []) or "ok"
+            lines.append(
+                f"| {e['challenger']} | {_cell(e.get('mean_diff'))} | [{low:.4f}, {high:.4f}] | "
+                f"{_cell(e.get('p_wilcoxon'))} | {breached} | {e.get('eligible')} |"
+            )
+    return "\n".join(lines)
+
+
+def model_version_markdown(
+    champion: dict[str, Any] | None, exported: dict[str, Any] | None, promoted: bool
+) -> str:
+    lines = ["# Model version", ""]
+    if exported:
+        lines.append(
+            f"- exported this run: {exported['name']}/{exported['version']} "
+            f"(parity max abs diff {exported['parity']['max_abs_diff']:.2g})"
+        )
+    else:
+        lines.append("- exported this run: nothing")
+    lines.append(f"- promoted this run: {'yes' if promoted else 'no'}")
+    if champion:
+        lines += [
+            f"- serving champion: **{champion['model']}/{champion['version']}**",
+            f"- promoted at: {champion.get('promoted_at')}",
+            f"- reason: {champion.get('reason')}",
+            "",
+            f"Roll back: `recsys promote {champion['model']} <VERSION>` "
+            "(`recsys promote --help`; versions are the folders of artifacts/<model>/).",
+        ]
+    else:
+        lines.append("- serving champion: none yet")
+    return "\n".join(lines)
+
+
+def incoming_markdown(staged: dict[str, Any], outcome: dict[str, Any] | None) -> str:
+    lines = ["# Incoming data", ""]
+    if not staged["files"]:
+        return "\n".join(lines + ["No new files: nothing was retrained."])
+    lines.append(f"- raw file: `{staged['raw']}` ({staged.get('rows_before')} rows before)")
+    lines.append(f"- rows added: {staged['rows_added']}")
+    lines += [f"- file: `{name}`" for name in staged["files"]]
+    if outcome is not None:
+        verb = "appended to the raw data" if outcome.get("committed") else "REJECTED"
+        lines.append(f"- {verb}; files moved to `{outcome.get('moved_to')}`")
+    return "\n".join(lines)

@@ -1,0 +1,517 @@
+"""Orchestration end to end: a real Prefect server, a process work pool with a real worker, the
+deployments of deploy/prefect.yaml, flow runs started the way the UI starts them (REST, and a
+real Chromium clicking "Run" -> "Quick run"), the retrain flow on appended data.
+
+Tiny synthetic data and two fast models (popularity, itemknn) keep a pipeline run to seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from tests.conftest import api_call, free_port, prefect_env
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = ROOT / "reports" / "ui"
+POOL = "recsys-process"
+ARTIFACT_KEYS = (
+    "data-summary",
+    "validation-result",
+    "metrics-table",
+    "decision",
+    "model-version",
+    "evaluation-report",
+)
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: int = 600):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def make_project(root: Path, models: tuple[str, ...] = ("popularity", "itemknn")) -> Path:
+    """A throw-away project: the code, params.yaml on a synthetic parquet raw file."""
+    from tasks.synth import synthesize
+
+    proj = root / "proj"
+    proj.mkdir(parents=True)
+    for package in ("tasks", "recsys_models", "flows"):
+        shutil.copytree(
+            ROOT / package, proj / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    (proj / "deploy").mkdir()
+    for name in ("prefect.yaml", "prefect_deploy.py"):
+        shutil.copy(ROOT / "deploy" / name, proj / "deploy" / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["ingest"].update(source="parquet", path="data/raw/synth/interactions.parquet")
+    params["train"].update(max_epochs=1, patience=1, models=list(models))
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    synthesize(proj / "data/raw/synth", n_users=200, n_items=150, n_interactions=8000, seed=42)
+    return proj
+
+
+def start_server(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on a free loopback port; the UI told to call that port's API."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = prefect_env(home)
+    env["PREFECT_UI_API_URL"] = api  # the UI's default is port 4200 whatever --port says
+    log = open(log_path, "w")  # noqa: SIM115 - the process owns it until it ends
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, api
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError(f"prefect server did not start:\n{log_path.read_text()}")
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_for_runs(api: str, ids: list[str], timeout: float = 600) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [api_call(api, f"/flow_runs/{i}", method="GET") for i in ids]
+        if all(r["state_type"] in TERMINAL for r in runs):
+            return runs
+        if time.monotonic() > deadline:
+            states = {r["name"]: r["state_type"] for r in runs}
+            raise AssertionError(f"flow runs not finished after {timeout:.0f} s: {states}")
+        time.sleep(2)
+
+
+def artifacts_by_key(api: str, key: str) -> list[dict]:
+    return api_call(api, "/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}})
+
+
+def logs_of(api: str, flow_run_id: str) -> list[dict]:
+    body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200, "sort": "TIMESTAMP_ASC"}
+    return api_call(api, "/logs/filter", body)
+
+
+def first_log(logs: list[dict], text: str) -> str:
+    found = [entry["timestamp"] for entry in logs if text in entry["message"]]
+    assert found, f"no log line with {text!r}"
+    return found[0]
+
+
+def champion(proj: Path) -> dict | None:
+    path = proj / "artifacts" / "champion.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# --- the stack: server, work pool, deployments, worker ----------------------------------------
+
+
+class Stack:
+    def __init__(self, api: str, proj: Path, env: dict[str, str], worker_log: Path):
+        self.api, self.proj, self.env, self.worker_log = api, proj, env, worker_log
+
+    def deployment(self, full_name: str) -> dict:
+        return api_call(self.api, f"/deployments/name/{full_name}", method="GET")
+
+    def start(self, full_name: str, parameters: dict | None = None) -> str:
+        """POST /deployments/{id}/create_flow_run: what the UI's Run button sends."""
+        deployment_id = self.deployment(full_name)["id"]
+        body = {"parameters": parameters} if parameters else {}
+        created = api_call(self.api, f"/deployments/{deployment_id}/create_flow_run", body)
+        return created["id"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One server + process work pool + worker + the deployments, shared by this module's UI
+    tests (starting them takes most of a minute on two busy cores)."""
+    tmp = tmp_path_factory.mktemp("orchestration")
+    proj = make_project(tmp)
+    home = tmp / "prefect-home"
+    server, api = start_server(home, tmp / "prefect-server.log")
+    worker = None
+    try:
+        env = prefect_env(home, api) | {"PREFECT_WORKER_QUERY_SECONDS": "2"}
+        run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"], proj, env)
+        out = run([str(BIN / "python"), "deploy/prefect_deploy.py"], proj, env).stdout
+        assert "recsys-pipeline/full registered" in out, out
+        worker_log = tmp / "worker.log"
+        with open(worker_log, "w") as log:
+            worker = subprocess.Popen(
+                [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+                cwd=proj,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        yield Stack(api, proj, env, worker_log)
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def test_deployments_are_registered_with_a_form_and_a_weekly_retrain_schedule(stack: Stack):
+    full = stack.deployment("recsys-pipeline/full")
+    assert full["work_pool_name"] == POOL
+    assert full["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
+        "directory": str(stack.proj.resolve())
+    }
+    form = full["parameter_openapi_schema"]["properties"]
+    assert {"params_path", "overrides", "incoming", "release"} <= set(form)
+    assert all(field.get("description") for field in form.values())  # the UI shows them
+    retrain = stack.deployment("recsys-pipeline/retrain")
+    assert retrain["parameters"]["incoming"] == "data/incoming"
+    assert [s["schedule"]["cron"] for s in retrain["schedules"]] == ["0 3 * * 1"]
+    # the server's scheduler turns the cron into runs: Mondays, 03:00 UTC
+    body = {"deployments": {"id": {"any_": [retrain["id"]]}}, "limit": 10}
+    deadline = time.monotonic() + 120
+    while not (scheduled := api_call(stack.api, "/flow_runs/filter", body)):
+        assert time.monotonic() < deadline, "the scheduler created no run for the retrain cron"
+        time.sleep(2)
+    for flow_run in scheduled:
+        assert flow_run["state_type"] == "SCHEDULED"
+        assert flow_run["expected_start_time"].endswith("T03:00:00Z")
+    for name in ("validate-only/validate-only", "evaluate-only/evaluate-only"):
+        assert stack.deployment(name)["work_pool_name"] == POOL
+
+
+def test_two_full_runs_at_once_through_the_rest_api_complete_one_after_the_other(stack: Stack):
+    first = stack.start("recsys-pipeline/full")
+    second = stack.start("recsys-pipeline/full")
+    runs = wait_for_runs(stack.api, [first, second])
+    assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"], (
+        stack.worker_log.read_text()[-3000:]
+    )
+
+    # serialised: whichever got the lock second acquired it after the other released it
+    logs = {r["id"]: logs_of(stack.api, r["id"]) for r in runs}
+    acquired = {
+        i: first_log(entries, "lock .recsys-pipeline.lock acquired") for i, entries in logs.items()
+    }
+    one, two = sorted(acquired, key=acquired.get)
+    assert acquired[two] >= first_log(logs[one], "lock .recsys-pipeline.lock released")
+    assert any("waiting for the pipeline lock" in e["message"] for e in logs[two])
+
+    # cached: the later run recomputed no data stage (their inputs and params did not change)
+    tasks_of_two = api_call(
+        stack.api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [two]}}, "limit": 50}
+    )
+    states = {t["name"].rsplit("-", 1)[0]: t["state_name"] for t in tasks_of_two}
+    for stage in ("ingest", "validate", "features", "train"):
+        assert states[stage] == "Cached", states
+
+    # the artifacts: every key, once per run
+    for key in ARTIFACT_KEYS:
+        found = artifacts_by_key(stack.api, key)
+        assert {a["flow_run_id"] for a in found} == {one, two}, key
+    validation = artifacts_by_key(stack.api, "validation-result")[0]["data"]
+    assert "Validation: passed" in validation and "data_docs/index.html" in validation
+
+    # the registry: the first deployment promoted the best baseline, exported once, intact
+    from tasks.registry import champion_folder, list_versions, verify_version
+
+    pointer = champion(stack.proj)
+    decision = json.loads((stack.proj / "reports/evaluation/decision.json").read_text())
+    assert pointer is not None and pointer["model"] == decision["champion"]
+    assert pointer["reason"].startswith("first deployment")
+    verify_version(champion_folder(stack.proj / "artifacts", pointer))
+    assert len(list_versions(stack.proj / "artifacts")) == 1
+    versions = [a["data"] for a in artifacts_by_key(stack.api, "model-version")]
+    assert all(f"{pointer['model']}/{pointer['version']}" in text for text in versions)
+    assert sum("promoted this run: yes" in text for text in versions) == 1
+
+
+def test_evaluate_only_and_validate_only_deployments_complete(stack: Stack):
+    before = (stack.proj / "artifacts" / "champion.json").read_bytes()
+    ids = [stack.start("validate-only/validate-only"), stack.start("evaluate-only/evaluate-only")]
+    runs = wait_for_runs(stack.api, ids)
+    assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"]
+    assert (stack.proj / "artifacts" / "champion.json").read_bytes() == before
+    keys = {a["key"] for a in api_call(stack.api, "/artifacts/filter", {"limit": 200})
+            if a["flow_run_id"] in ids}  # fmt: skip
+    assert {"validation-result", "data-summary", "metrics-table", "decision"} <= keys
+
+
+# --- the browser ------------------------------------------------------------------------------
+
+
+class Browser:
+    """Headless Debian Chromium driven over the DevTools protocol (no extra Python package:
+    `websockets` comes with Prefect)."""
+
+    def __init__(self, profile: Path):
+        if not CHROMIUM.is_file():
+            pytest.fail(
+                f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y "
+                "chromium`, as .ci/run does) to run the Prefect UI test"
+            )
+        self.proc = subprocess.Popen(
+            [
+                str(CHROMIUM),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+                "--window-size=1400,1000",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                pytest.fail("chromium did not open its DevTools port")
+            time.sleep(0.2)
+        port = port_file.read_text().split()[0]
+        pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json").read())
+        page = next(p for p in pages if p["type"] == "page")
+        from websockets.sync.client import connect
+
+        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        self.next_id = 0
+
+    def send(self, method: str, **params: Any) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv(timeout=60))
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise AssertionError(f"{method}: {message['error']}")
+                return message["result"]
+
+    def js(self, expression: str) -> Any:
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    def wait_js(self, expression: str, what: str, timeout: float = 60) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(0.5)
+        self.screenshot(SCREENSHOTS / "prefect-ui-failure.png")
+        raise AssertionError(f"the UI never showed {what} (screenshot: prefect-ui-failure.png)")
+
+    def click_text(self, selector: str, text: str) -> bool:
+        """Click, with real mouse events at its centre, the innermost visible element matching
+        `selector` whose text is exactly `text` (the UI's menus react to pointer events)."""
+        box = self.js(
+            f"""(() => {{
+              const found = [...document.querySelectorAll({json.dumps(selector)})]
+                .filter(e => e.innerText && e.innerText.trim() === {json.dumps(text)}
+                             && e.offsetParent !== null);
+              const el = found[found.length - 1];
+              if (!el) return null;
+              el.scrollIntoView({{block: "center"}});
+              const r = el.getBoundingClientRect();
+              return {{x: r.left + r.width / 2, y: r.top + r.height / 2}};
+            }})()"""
+        )
+        if not box:
+            return False
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.send(
+                "Input.dispatchMouseEvent",
+                type=kind,
+                x=box["x"],
+                y=box["y"],
+                button="left",
+                clickCount=1,
+            )
+        return True
+
+    def screenshot(self, path: Path) -> Path:
+        import base64
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.send("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def close(self) -> None:
+        if getattr(self, "ws", None) is not None:
+            self.ws.close()
+        stop(self.proc)
+
+
+def test_quick_run_from_the_prefect_ui_in_chromium(stack: Stack, tmp_path: Path):
+    deployment = stack.deployment("recsys-pipeline/full")
+    before = {
+        r["id"]
+        for r in api_call(
+            stack.api, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}}
+        )
+    }
+    ui = stack.api.removesuffix("/api")
+    browser = Browser(tmp_path / "chromium-profile")
+    try:
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=f"{ui}/deployments/deployment/{deployment['id']}")
+        browser.wait_js("document.body && document.body.innerText.includes('full')", "the page")
+        browser.wait_js(
+            "[...document.querySelectorAll('button')].some(b => b.innerText.trim() === 'Run')",
+            "the Run button",
+        )
+        assert browser.click_text("button", "Run")
+        browser.wait_js(
+            "document.body.innerText.includes('Quick run')", "the Quick run menu entry", 30
+        )
+        time.sleep(1)  # the menu opens with a transition
+        assert browser.click_text("button, [role=menuitem]", "Quick run")
+        deadline = time.monotonic() + 60
+        new: list[str] = []
+        while not new and time.monotonic() < deadline:
+            runs = api_call(
+                stack.api,
+                "/flow_runs/filter",
+                {"deployments": {"id": {"any_": [deployment["id"]]}}},
+            )
+            new = [r["id"] for r in runs if r["id"] not in before]
+            time.sleep(1)
+        if len(new) != 1:
+            browser.screenshot(SCREENSHOTS / "prefect-ui-failure.png")
+        assert len(new) == 1, "the Quick run click created no flow run (prefect-ui-failure.png)"
+        (finished,) = wait_for_runs(stack.api, new)
+        assert finished["state_type"] == "COMPLETED"
+        browser.send("Page.navigate", url=f"{ui}/runs/flow-run/{new[0]}")
+        browser.wait_js("document.body.innerText.includes('Completed')", "the Completed state")
+        shot = browser.screenshot(SCREENSHOTS / "prefect-quick-run.png")
+        assert shot.stat().st_size > 10_000
+    finally:
+        browser.close()
+
+
+# --- retrain ----------------------------------------------------------------------------------
+
+
+def run_flow(proj: Path, env: dict[str, str], check: bool = True, **kwargs: Any):
+    """One flow run in its own process, against the test's server."""
+    code = (
+        "import json, sys\n"
+        "from flows.pipeline import recsys_pipeline\n"
+        "summary = recsys_pipeline(**json.loads(sys.argv[1]))\n"
+        "print('SKIPPED' if summary.get('skipped') else 'DONE')\n"
+    )
+    cmd = [str(BIN / "python"), "-c", code, json.dumps({"fetch": False, **kwargs})]
+    return run(cmd, proj, env, check=check)
+
+
+def new_interactions(proj: Path, rows: int, seed: int) -> pl.DataFrame:
+    """Synthetic interactions of the same users and items, later than everything so far."""
+    from tasks.synth import synthesize
+
+    folder = proj.parent / f"synth-{seed}"
+    synthesize(folder, n_users=200, n_items=150, n_interactions=max(rows, 1000), seed=seed)
+    new = pl.read_parquet(folder / "interactions.parquet").head(rows)
+    raw = pl.read_parquet(proj / "data/raw/synth/interactions.parquet")
+    shift = int(raw["timestamp"].max()) - int(new["timestamp"].min()) + 1
+    return new.with_columns(pl.col("timestamp") + shift)
+
+
+def test_retrain_appends_new_data_and_changes_the_champion_exactly_when_the_decision_says(
+    tmp_path: Path, prefect_server: str
+):
+    proj = make_project(tmp_path)
+    env = prefect_env(tmp_path / "prefect-home", prefect_server)
+    raw = proj / "data/raw/synth/interactions.parquet"
+    incoming = proj / "data/incoming"
+
+    # the first deployment, with popularity alone: it becomes the champion
+    run_flow(proj, env, overrides={"train.models": ["popularity"]})
+    first = champion(proj)
+    assert first is not None and first["model"] == "popularity"
+
+    # nothing arrived: nothing is retrained, the champion stays (through the CLI this time)
+    cli = [str(BIN / "recsys"), "flow", "run", "--no-fetch", "--incoming", "data/incoming"]
+    assert "nothing retrained" in run(cli, proj, env).stdout
+    assert champion(proj) == first
+
+    # new interactions arrive; retrain with item-kNN as the challenger
+    incoming.mkdir(parents=True)
+    new_interactions(proj, 2000, seed=7).write_parquet(incoming / "week-1.parquet")
+    run_flow(proj, env, incoming="data/incoming")
+    assert pl.read_parquet(raw).height == 8000 + 2000
+    assert not list(incoming.glob("*.parquet"))
+    assert len(list((incoming / "processed").rglob("week-1.parquet"))) == 1
+    decision = json.loads((proj / "reports/evaluation/decision.json").read_text())
+    assert decision["champion"] == "popularity"  # compared against the registry's champion
+    after = champion(proj)
+    verdict = decision["verdict"]
+    assert (after != first) == verdict["promote"]
+    if verdict["promote"]:
+        assert after["model"] == verdict["model"] and after["version"] != first["version"]
+
+    # data that drifts too far is rejected: the flow fails, raw data and champion untouched
+    pointer = (proj / "artifacts/champion.json").read_bytes()
+    raw_bytes = raw.read_bytes()
+    new_interactions(proj, 12000, seed=8).write_parquet(incoming / "week-2.parquet")
+    failed = run_flow(proj, env, check=False, incoming="data/incoming")
+    assert failed.returncode != 0
+    assert raw.read_bytes() == raw_bytes
+    assert (proj / "artifacts/champion.json").read_bytes() == pointer
+    (rejected,) = (incoming / "rejected").rglob("week-2.parquet")
+    assert "row_change" in (rejected.parent / "REASON.txt").read_text()
+    results = artifacts_by_key(prefect_server, "validation-result")
+    assert any("Validation: FAILED" in a["data"] for a in results)
+
+    # a file that does not fit the raw data is rejected before anything is ingested
+    (incoming / "week-3.csv").write_text("user,item\n1,2\n")
+    assert run_flow(proj, env, check=False, incoming="data/incoming").returncode != 0
+    (bad,) = (incoming / "rejected").rglob("week-3.csv")
+    assert "missing column(s)" in (bad.parent / "REASON.txt").read_text()
+    assert raw.read_bytes() == raw_bytes
+    assert (proj / "artifacts/champion.json").read_bytes() == pointer
