@@ -18,7 +18,8 @@ import numpy as np
 
 from tasks.evaluate import HISTORY_BUCKETS, KS, same_protocol
 
-FULL_COLUMNS = [f"ndcg@{k}" for k in KS] + [f"hr@{k}" for k in KS] + ["mrr", "auc"]
+# The first column orders a table: NDCG@10, the default primary metric, then the rest.
+FULL_COLUMNS = ["ndcg@10", "hr@10", "mrr", "auc", "ndcg@5", "ndcg@20", "hr@5", "hr@20"]
 FULL_COLUMNS += ["precision@10", "recall@10"]
 SAMPLED_COLUMNS = ["ndcg@10", "hr@10", "mrr"]
 BEYOND_COLUMNS = [f"coverage@{k}" for k in KS]
