@@ -124,8 +124,21 @@ def run_stage(
     `out` is the output folder, or a function of the result for outputs named by the result
     (an export's version folder).
     """
-    result = task(*args, **kwargs)
+    return checked_stage(task(*args, **kwargs), task, out, *args, exclude=exclude, **kwargs)
+
+
+def checked_stage(
+    result: dict[str, Any],
+    task: Task,
+    out: str | Path | Callable[[dict[str, Any]], Path],
+    *args: Any,
+    exclude: Iterable[str] = (),
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """run_stage's check for a result already at hand (a submitted task's): rerun the task if
+    its output is not what the cache recorded."""
     folder = out(result) if callable(out) else out
     if result.get(FINGERPRINT) != tree_hash(folder, exclude):
+        print(f"{task.name}: {folder} is not what the cached run wrote; running it again")
         result = task.with_options(refresh_cache=True)(*args, **kwargs)
     return {k: v for k, v in result.items() if k != FINGERPRINT}

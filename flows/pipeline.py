@@ -21,11 +21,11 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import artifacts
-from flows.caching import inputs_key, run_stage, with_fingerprint
+from flows.caching import checked_stage, inputs_key, run_stage, with_fingerprint
 from flows.locking import LOCK_FILE, pipeline_lock
 from tasks.errors import RecsysError, ValidationFailed
 from tasks.evaluate import model_dir
-from tasks.params import Params, load_params
+from tasks.params import Params, TrainParams, load_params
 from tasks.registry import CHAMPION, read_champion
 
 SUMMARY_FILE = "summary.json"  # tasks.validate.SUMMARY_FILE, without importing Great Expectations
@@ -354,6 +354,53 @@ def _release(params: Params, decision: dict[str, Any], release: bool) -> dict[st
 # --- flows -------------------------------------------------------------------------------------
 
 
+def train_runner(train: TrainParams) -> Any:
+    """The task runner that trains several models at once (params.yaml train.parallel), or
+    None for one after the other. Dask runs each training in a worker process of a local
+    cluster (a scheduler address in train.dask_address uses an existing cluster instead);
+    threads share one process, so they help little beside torch's own threads."""
+    if train.parallel == "none":
+        return None
+    if train.parallel == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=train.workers)
+    if train.parallel == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if train.dask_address:
+            return DaskTaskRunner(address=train.dask_address)
+        cluster = {"n_workers": train.workers, "threads_per_worker": 1, "processes": True}
+        return DaskTaskRunner(cluster_kwargs=cluster)
+    raise RecsysError(
+        f"params.yaml: train.parallel {train.parallel!r}: choose none, threads or dask"
+    )
+
+
+@flow(name="train-models", log_prints=True)
+def train_models(params: Any) -> dict[str, dict[str, Any]]:
+    """Every model of train.models on every evaluation protocol: {protocol: {model: metrics}}.
+
+    With a parallel task runner (train_runner) the trainings are submitted at once and run
+    side by side; without one they run in turn. Each writes only its own models/ folder.
+    """
+    logger = get_run_logger()
+    jobs = [(m, p) for p in params.evaluate.protocols for m in params.train.models]
+    parallel = params.train.parallel != "none"
+    results: dict[str, dict[str, Any]] = {protocol: {} for protocol in params.evaluate.protocols}
+    pending = []
+    for model, protocol in jobs:
+        out = str(model_dir(params.train.out, model, protocol))
+        call = (train_task, out, model, params.features.out, out, params, protocol)
+        first = train_task.submit(*call[2:]) if parallel else train_task(*call[2:])
+        pending.append((model, protocol, call, first))
+    for model, protocol, call, first in pending:
+        result = first.result() if parallel else first
+        results[protocol][model] = checked_stage(result, *call, exclude=_exclude(protocol))
+        logger.info("%s (%s) trained into %s", model, protocol, call[1])
+    return results
+
+
 @flow(name="recsys-pipeline", log_prints=True)
 def recsys_pipeline(
     params_path: str = "params.yaml",
@@ -405,17 +452,9 @@ def recsys_pipeline(
             params.features, params.seed, params.validate.out,
         )  # fmt: skip
         logger.info("features in %s", params.features.out)
-        summary["train"] = {}
-        for protocol in params.evaluate.protocols:
-            for model in params.train.models:
-                out = str(model_dir(params.train.out, model, protocol))
-                metrics = run_stage(
-                    train_task, out, model, params.features.out, out, params, protocol,
-                    exclude=_exclude(protocol),
-                )  # fmt: skip
-                if protocol == "loo":
-                    summary["train"][model] = metrics
-                logger.info("%s (%s) trained into %s", model, protocol, out)
+        runner = train_runner(params.train)
+        trained = train_models.with_options(task_runner=runner)(params) if runner else None
+        summary["train"] = (trained or train_models(params))["loo"]
         artifacts.publish(
             artifacts.DATA_SUMMARY,
             summary_markdown(summary),

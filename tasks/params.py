@@ -76,6 +76,9 @@ class TrainParams:
     accelerator: str = "auto"
     devices: int = 1  # > 1 with strategy ddp: data-parallel processes (CPU: gloo)
     strategy: str = "auto"  # Lightning: auto|ddp|ddp_spawn|...
+    parallel: str = "none"  # the Prefect flow trains models side by side: none|threads|dask
+    workers: int = 2  # models trained at once when parallel
+    dask_address: str = ""  # an existing Dask scheduler (tcp://host:8786); empty: local cluster
     precision: str = "auto"  # "auto": bf16-mixed on a GPU, 32-true on CPU; or any Lightning value
     popularity: dict[str, Any] = field(default_factory=dict)
     itemknn: dict[str, Any] = field(default_factory=dict)

@@ -142,6 +142,7 @@ def test_flow_run_on_a_real_server_completes_and_publishes_the_artifact(
     assert interactions.height > 0
 
     runs = api_call(prefect_server, "/flow_runs/filter", {"limit": 5})
+    runs = [r for r in runs if r["parent_task_run_id"] is None]  # not the train-models subflow
     assert [r["state_type"] for r in runs] == ["COMPLETED"]
     artifacts = api_call(
         prefect_server, "/artifacts/filter", {"artifacts": {"key": {"any_": ["data-summary"]}}}
@@ -154,3 +155,25 @@ def test_flow_run_on_a_real_server_completes_and_publishes_the_artifact(
     assert len(report) == 1 and "Champion" in report[0]["data"]
     assert "decision:" in proc.stdout
     assert (project / "reports/evaluation/decision.json").is_file()
+
+
+def test_flow_trains_models_side_by_side_on_a_dask_cluster(
+    project: Path, tmp_path: Path, prefect_server: str
+):
+    """train.parallel: dask: the trainings of the train-models subflow overlap in time."""
+    env = clean_env(tmp_path, api_url=prefect_server)
+    sets = ["train.parallel=dask", "train.workers=2", "train.models=[popularity, bpr_mf]"]
+    cmd = ["recsys", "flow", "run", "--no-fetch", "--no-release"]
+    proc = run([*cmd, *[arg for s in sets for arg in ("--set", s)]], project, env)
+    runs = api_call(prefect_server, "/task_runs/filter", {"limit": 50})
+    trains = [  # the subflow's own placeholder run is named train-models-N
+        r
+        for r in runs
+        if r["name"].startswith("train-") and not r["name"].startswith("train-models")
+        and r["state_type"] == "COMPLETED"
+    ]  # fmt: skip
+    assert len(trains) == 4, proc.stdout[-2000:]  # two models, two protocols
+    spans = sorted((r["start_time"], r["end_time"]) for r in trains)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    for model in ("popularity", "bpr_mf"):
+        assert (project / "models" / model / "temporal" / "weights.pt").is_file()
