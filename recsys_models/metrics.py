@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 KS = (5, 10, 20)
+DIRECT_COUNT_MAX_TARGETS = 8
 
 
 def target_ranks(
@@ -183,8 +184,9 @@ def target_positions(
     ascending, inf where there is no target) and, per target, the fraction of candidates it
     beats (for the AUC; 1.0 when there is no candidate), in the same order.
 
-    Sorting each row once and counting with searchsorted keeps memory at O(B * items) however
-    many targets a user has.
+    Up to DIRECT_COUNT_MAX_TARGETS targets are counted with one comparison pass each (leave-one-
+    out has one); more are counted in each row sorted once (searchsorted), which keeps time and
+    memory at O(B * items * log items) however many targets a user has.
     """
     scores = scores.float()
     scores = torch.where(torch.isnan(scores), float("-inf"), scores)
@@ -198,11 +200,19 @@ def target_positions(
     candidates = competes.sum(dim=1, keepdim=True)
     valid = targets > 0
     target_scores = torch.where(valid, scores.gather(1, targets), float("inf"))
-    # Candidates scored >= each target: every column at or above it in the masked, sorted row,
-    # less the masked columns (all -inf) when the target itself is -inf.
-    masked = torch.where(competes, scores, float("-inf")).sort(dim=1).values
-    at_or_above = n_cols - torch.searchsorted(masked, target_scores.contiguous())
-    at_or_above = at_or_above - torch.where(target_scores == float("-inf"), n_cols - candidates, 0)
+    if targets.shape[1] <= DIRECT_COUNT_MAX_TARGETS:  # one pass over the row per target
+        at_or_above = torch.stack(
+            [((scores >= target_scores[:, j : j + 1]) & competes).sum(dim=1)
+             for j in range(targets.shape[1])],
+            dim=1,
+        )  # fmt: skip
+    else:
+        # Candidates scored >= each target: every column at or above it in the masked, sorted
+        # row, less the masked columns (all -inf) when the target itself is -inf.
+        masked = torch.where(competes, scores, float("-inf")).sort(dim=1).values
+        at_or_above = n_cols - torch.searchsorted(masked, target_scores.contiguous())
+        masked_out = torch.where(target_scores == float("-inf"), n_cols - candidates, 0)
+        at_or_above = at_or_above - masked_out
     order = torch.argsort(torch.where(valid, -target_scores, float("inf")), dim=1, stable=True)
     at_or_above = at_or_above.gather(1, order)
     valid = valid.gather(1, order)

@@ -65,6 +65,25 @@ def test_a_seen_item_never_pushes_a_target_down():
     assert seen[0].item() == 1.0 and unseen[0].item() == 2.0
 
 
+def test_direct_counting_and_the_sorted_path_agree(monkeypatch):
+    """Few targets are counted pass by pass, many in sorted rows: the same positions."""
+    import recsys_models.metrics as metrics
+
+    torch.manual_seed(0)
+    scores = torch.randn(32, 41)
+    scores[:, 5] = scores[:, 6]  # ties
+    scores[3, 7], scores[4] = float("nan"), float("-inf")
+    seen_rows, seen_cols = torch.randint(0, 32, (100,)), torch.randint(1, 41, (100,))
+    targets = torch.stack([torch.randperm(40)[:6] + 1 for _ in range(32)])
+    targets[:8, 3:] = 0
+    results = []
+    for limit in (100, 0):
+        monkeypatch.setattr(metrics, "DIRECT_COUNT_MAX_TARGETS", limit)
+        results.append(target_positions(scores, targets, seen_rows, seen_cols))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1].nan_to_num(-1), results[1][1].nan_to_num(-1))
+
+
 # --- statistics and the decision ---------------------------------------------------------------
 
 
