@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -46,11 +47,19 @@ def main() -> None:
     for n in args.sizes:
         rows.append(bench_synthetic(n))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"machine": f"{machine()}, {torch_info()}", "rows": rows}
+    result = {"machine": f"{machine()}, {torch_info()}", "rows": merge(rows)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "eval.md").write_text(markdown(result))
     print(markdown(result))
+
+
+def merge(rows: list[dict]) -> list[dict]:
+    """This run's rows replace earlier rows of the same workload in eval.json; others stay."""
+    previous = RESULTS / "eval.json"
+    kept = json.loads(previous.read_text())["rows"] if previous.is_file() else []
+    fresh = {row["workload"] for row in rows}
+    return [row for row in kept if row["workload"] not in fresh] + rows
 
 
 def evaluate_timed(workdir: Path, params: Path, features: Path, models: Path, out: Path) -> dict:
@@ -87,7 +96,12 @@ def bench_movielens() -> dict:
         row = evaluate_timed(
             ROOT, params, ROOT / "data" / "features", models, Path(tmp) / "evaluation"
         )
-    return {"workload": "MovieLens-100K", "models": found, **row}
+    return {
+        "workload": "MovieLens-100K",
+        "started_load_avg": round(os.getloadavg()[1], 2),
+        "models": found,
+        **row,
+    }
 
 
 def bench_synthetic(n: int) -> dict:
@@ -113,6 +127,7 @@ def bench_synthetic(n: int) -> dict:
         )
     return {
         "workload": f"synthetic {n:,} interactions ({users:,} users, {items:,} items)",
+        "started_load_avg": round(os.getloadavg()[1], 2),
         "models": list(SYNTH_MODELS),
         **row,
     }
@@ -137,8 +152,8 @@ def markdown(result: dict) -> str:
         "process (both protocols, full and sampled ranking, beyond accuracy, comparison, report).",
         "",
         "| workload | models | test users (loo / temporal) | scoring s per model (loo) "
-        "| process wall s | peak RSS GiB |",
-        "| --- | --- | --- | --- | ---: | ---: |",
+        "| process wall s | peak RSS GiB | load avg |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         loo = {k.split(" ", 1)[1]: v for k, v in r["scoring_s"].items() if k.startswith("loo ")}
@@ -146,7 +161,7 @@ def markdown(result: dict) -> str:
         users = f"{r['test_users'].get('loo', 0):,} / {r['test_users'].get('temporal', 0):,}"
         lines.append(
             f"| {r['workload']} | {len(r['models'])} | {users} | {per_model} "
-            f"| {r['process_wall_s']} | {r['peak_rss_gib']} |"
+            f"| {r['process_wall_s']} | {r['peak_rss_gib']} | {r.get('started_load_avg', '')} |"
         )
     return "\n".join(lines) + "\n"
 
