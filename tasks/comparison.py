@@ -89,6 +89,7 @@ def segment_masks(
         f"heavy (history >= {s.heavy_history_min})": history >= s.heavy_history_min,
         f"head target (top {s.head_item_fraction:.0%} items)": popularity >= head_threshold,
         "tail target (the rest)": popularity < head_threshold,
+        "cold target (no training interactions)": popularity == 0,
     }
     if new_items is not None:
         masks["target new since the previous data version"] = new_items

@@ -20,13 +20,14 @@ from recsys_models import (
     neumf,
     popularity,
     rating_mf,
+    two_tower,
     userknn,
 )
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.metrics import evaluate
 from tasks import train as train_stage
 from tasks.params import CLASSIC_MODELS, load_params
-from tests.conftest import synthetic_features
+from tests.conftest import quiet_trainer, synthetic_features
 
 PADDED = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 7], [0, 3, 9, 1], [5, 2, 8, 11]])
 
@@ -172,19 +173,22 @@ def test_rating_mf_refuses_data_without_ratings(data):
 # --- content-based where genres drive the choices ---------------------------------------------
 
 
-def test_content_based_follows_genres_where_popularity_cannot():
+def genre_loyal_data(new_item_genre: int | None = None):
     """Four genres, each user loyal to one; the most popular items are of every genre, so only
-    the genre of the history points at the target."""
+    the genre of the history points at the target. With `new_item_genre`, one more item of that
+    genre that nobody has interacted with (the cold-start item). Returns (data, user genres)."""
     rng = np.random.default_rng(0)
     n_genres, per_genre, n_users, length = 4, 10, 80, 6
-    n_items = n_genres * per_genre
+    n_items = n_genres * per_genre + (new_item_genre is not None)
     genre_of = np.concatenate([[0], np.repeat(np.arange(n_genres), per_genre)])
+    if new_item_genre is not None:
+        genre_of = np.append(genre_of, new_item_genre)
     genres = np.zeros((n_items + 1, n_genres), dtype=np.uint8)
     genres[np.arange(1, n_items + 1), genre_of[1:]] = 1
     weights = rng.random(n_items + 1) ** 3  # a skewed popularity within each genre
     sequences = []
     for user in range(1, n_users + 1):
-        pool = np.flatnonzero(genre_of == user % n_genres)
+        pool = np.flatnonzero(genre_of[: n_genres * per_genre + 1] == user % n_genres)
         pool = pool[pool > 0]
         p = weights[pool] / weights[pool].sum()
         sequences.append(rng.choice(pool, size=length + 2, replace=False, p=p))
@@ -204,6 +208,11 @@ def test_content_based_follows_genres_where_popularity_cannot():
         item_year_bucket=np.zeros(n_items + 1, dtype=np.int64),
         item_popularity=np.bincount(items, minlength=n_items + 1).astype(np.float32),
     )
+    return data, np.arange(1, n_users + 1) % n_genres
+
+
+def test_content_based_follows_genres_where_popularity_cannot():
+    data, _ = genre_loyal_data()
     content = val_ndcg10(data, content_based.fit(data, content_based.Config(), 0))
     pop = val_ndcg10(data, popularity.fit(data, popularity.Config(), 0))
     assert content > 1.5 * pop, (content, pop)
@@ -211,6 +220,34 @@ def test_content_based_follows_genres_where_popularity_cannot():
         torch.arange(4), torch.zeros(4, 3, dtype=torch.int64)
     )
     assert torch.isfinite(scores).all()  # an empty history scores by the tie-break alone
+
+
+def _rank_of(scores: torch.Tensor, item: int) -> torch.Tensor:
+    """1-based rank of `item` among the real items in each row (ties count against it)."""
+    return (scores[:, 1:] >= scores[:, item : item + 1]).sum(dim=1)
+
+
+@pytest.mark.parametrize("family", ["two_tower", "content_based"])
+def test_a_new_item_reaches_the_users_of_its_genre(family: str):
+    """The hybrid: an item nobody has interacted with is recommended from its genre alone, to
+    the users whose histories share it, far above where it lands for everyone else."""
+    data, user_genre = genre_loyal_data(new_item_genre=2)
+    new_item = data.n_items
+    assert data.item_popularity[new_item] == 0
+    if family == "two_tower":
+        config = two_tower.Config(dim=16, hidden=32, history_len=4, batch_size=64, dropout=0.0)
+        module, datamodule = two_tower.build(data, config, seed=0)
+        quiet_trainer(30).fit(module, datamodule=datamodule)
+        net = module.model.eval()
+    else:
+        net = content_based.fit(data, content_based.Config(), 0)
+    users = torch.arange(1, data.n_users + 1)
+    with torch.no_grad():
+        scores = net.score(users, torch.from_numpy(data.test_input[1:]).long())
+    ranks = _rank_of(scores.float(), new_item).float()
+    fans, others = ranks[user_genre == 2], ranks[user_genre != 2]
+    assert fans.median() <= 15 < others.median(), (fans.median(), others.median())
+    assert fans.mean() < others.mean() / 2
 
 
 # --- closed forms against brute force ---------------------------------------------------------

@@ -232,6 +232,8 @@ def test_evaluate_writes_reports_decision_and_plots(trained, tmp_path: Path):
     assert per_user.height == metrics["loo"]["itemknn"]["users"]
     assert (out / "plots" / "by_history" / "loo" / "ease.csv").is_file()
     assert "Leave-one-out, sampled ranking (labelled: not primary)" in summary["report"]
+    segments = json.loads((out / "comparison.json").read_text())["challengers"][0]["segments"]
+    assert {"cold target (no training interactions)", "all users"} <= set(segments)
 
 
 def test_sampled_negatives_are_the_same_for_every_model(trained, tmp_path: Path):
