@@ -62,43 +62,50 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[str]:
-    """Start `prefect server start` on a free loopback port; yield its API URL."""
+def start_prefect_server(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME; the UI told to
+    call that port's API (its default is port 4200 whatever --port says)."""
     port = free_port()
-    home = tmp_path / "prefect-server-home"
-    log = open(tmp_path / "prefect-server.log", "w")  # noqa: SIM115 - closed below
+    api = f"http://127.0.0.1:{port}/api"
+    env = prefect_env(home) | {"PREFECT_UI_API_URL": api}
+    log = open(log_path, "w")  # noqa: SIM115 - the process owns it until it ends
     proc = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=prefect_env(home),
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    api = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, api
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError(f"prefect server did not start:\n{log_path.read_text()}")
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise RuntimeError(
-                    "prefect server did not start:\n"
-                    + (tmp_path / "prefect-server.log").read_text()
-                )
-            time.sleep(0.5)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[str]:
+    """A real Prefect server on loopback for one test; yields its API URL."""
+    proc, api = start_prefect_server(tmp_path / "prefect-server-home", tmp_path / "server.log")
+    try:
         yield api
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop(proc)
 
 
 @pytest.fixture(scope="session", autouse=True)

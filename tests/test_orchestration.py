@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import api_call, free_port, prefect_env
+from tests.conftest import api_call, prefect_env, start_prefect_server, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -71,42 +71,6 @@ def make_project(root: Path, models: tuple[str, ...] = ("popularity", "itemknn")
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     synthesize(proj / "data/raw/synth", n_users=200, n_items=150, n_interactions=8000, seed=42)
     return proj
-
-
-def start_server(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """`prefect server start` on a free loopback port; the UI told to call that port's API."""
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = prefect_env(home)
-    env["PREFECT_UI_API_URL"] = api  # the UI's default is port 4200 whatever --port says
-    log = open(log_path, "w")  # noqa: SIM115 - the process owns it until it ends
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc, api
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise RuntimeError(f"prefect server did not start:\n{log_path.read_text()}")
-        time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def wait_for_runs(api: str, ids: list[str], timeout: float = 600) -> list[dict]:
@@ -166,7 +130,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("orchestration")
     proj = make_project(tmp)
     home = tmp / "prefect-home"
-    server, api = start_server(home, tmp / "prefect-server.log")
+    server, api = start_prefect_server(home, tmp / "prefect-server.log")
     worker = None
     try:
         env = prefect_env(home, api) | {"PREFECT_WORKER_QUERY_SECONDS": "2"}
