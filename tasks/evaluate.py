@@ -182,7 +182,9 @@ class CatalogueStats:
         return float(real[top - 1])
 
 
-def score_model(net, data, name: str, protocol: str, params: Params) -> Scored:
+def score_model(
+    net, data, name: str, protocol: str, params: Params, stats: CatalogueStats | None = None
+) -> Scored:
     """Per-user full-ranking, sampled-ranking and beyond-accuracy figures of one model."""
     import torch
 
@@ -190,7 +192,7 @@ def score_model(net, data, name: str, protocol: str, params: Params) -> Scored:
     from recsys_models.metrics import sample_negatives, sampled_ranks, set_metrics, target_positions
 
     p = params.evaluate
-    stats = CatalogueStats(data)
+    stats = stats or CatalogueStats(data)  # the same for every model of a protocol: pass it
     ds = EvalDataset(data, "test")
     touched = _touched(data)
     size = batch_size(data.n_items, p.memory_budget_mb)
@@ -337,7 +339,7 @@ def evaluate(
     version = data_version(features_dir, dvc_file)
     scored: dict[str, dict[str, Scored]] = {}
     skipped: list[dict[str, str]] = []
-    primary_data = None
+    primary_stats = None
     for protocol in p.protocols:
         names = trained_models(models_dir, protocol)
         if not names:
@@ -346,7 +348,8 @@ def evaluate(
             print(f"evaluate: no model trained on the {protocol} protocol; skipped")
             continue
         data = load_features(features_dir, protocol)
-        primary_data = data if protocol == "loo" else primary_data
+        stats = CatalogueStats(data)
+        primary_stats = stats if protocol == "loo" else primary_stats
         scored[protocol] = {}
         for name in names:
             folder = model_dir(models_dir, name, protocol)
@@ -356,7 +359,7 @@ def evaluate(
                 skipped.append({"model": name, "protocol": protocol, "reason": stale})
                 continue
             net = load_model(folder, data, params.seed)
-            scored[protocol][name] = score_model(net, data, name, protocol, params)
+            scored[protocol][name] = score_model(net, data, name, protocol, params, stats)
             print(f"evaluate: {protocol} {name} in {scored[protocol][name].seconds:.2f} s")
 
     if not scored["loo"]:
@@ -380,7 +383,7 @@ def evaluate(
         raise RecsysError(f"evaluate: {exc}") from exc
     catalogue = _catalogue(features_dir, out_dir / "catalogue.json", version)
     new_items = _new_item_rows(loo[champion].per_user, catalogue, features_dir)
-    stats = CatalogueStats(primary_data)
+    stats = primary_stats
     masks = comparison.segment_masks(
         loo[champion].per_user, p, stats.head_threshold(p.segments.head_item_fraction), new_items
     )

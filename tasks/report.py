@@ -37,7 +37,7 @@ def metric_table(rows: list[dict[str, Any]], card_id: str, title: str, columns: 
     return title, card_line(card, chosen[0]["users"] if chosen else 0), ["model", *columns], body
 
 
-def card_line(card: dict[str, Any], users: int) -> str:
+def card_line(card: dict[str, Any], users: int | None = None) -> str:
     sampler = card.get("sampler")
     drawn = (
         f"; sampler {sampler['kind']}, n={sampler['n']}, seed={sampler['seed']}" if sampler else ""
@@ -46,14 +46,14 @@ def card_line(card: dict[str, Any], users: int) -> str:
     return (
         f"Protocol `{card['id']}`: {card['split_detail']}; {card['ranking']} ranking; candidates: "
         f"{card['candidates']}{drawn}; seen items {card['seen_items']}; ties {card['ties']}; "
-        f"K in {card['ks']}; {users} test users; data features "
+        f"K in {card['ks']}; {'' if users is None else f'{users} test users; '}data features "
         f"{version['features_manifest_sha256'][:12]}, raw {str(version.get('raw_md5'))[:12]}."
     )
 
 
 def comparison_tables(result: dict[str, Any]) -> list[Table]:
     metric = result["primary_metric"]
-    card = card_line(result["card"], 0).replace("; 0 test users", "")
+    card = card_line(result["card"])
     head = ["challenger", f"mean diff {metric}", "95% CI", "p (Wilcoxon)", "p (t-test)"]
     head += ["significant", "guardrails breached", "eligible"]
     rows = []
