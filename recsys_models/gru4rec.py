@@ -33,6 +33,7 @@ class Config:
     weight_decay: float = 0.0
     batch_size: int = 128
     eval_batch_size: int = 256
+    min_context: int = 0  # as SASRec's: earlier items each training target reads at least
 
     def __post_init__(self):
         if min(self.hidden, self.layers, self.batch_size, self.eval_batch_size) < 1:

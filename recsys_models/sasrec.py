@@ -36,6 +36,8 @@ class Config:
     weight_decay: float = 0.0
     batch_size: int = 128
     eval_batch_size: int = 256
+    # Earlier items every training target reads at least (training_windows); 0: disjoint windows
+    min_context: int = 0
 
 
 class _Block(nn.Module):
@@ -120,25 +122,42 @@ class SASRec(nn.Module):
 
 
 def training_windows(
-    users: np.ndarray, items: np.ndarray, n_users: int, max_len: int
+    users: np.ndarray, items: np.ndarray, n_users: int, max_len: int, min_context: int = 0
 ) -> np.ndarray:
-    """[W, max_len + 1] int64 windows of the users' training sequences, left-padded with 0.
+    """[W, 2, max_len] int64 (inputs, targets) windows of the users' training sequences.
 
-    Rows must be sorted by user then time. Each user's sequence is cut from its end backwards
-    with stride max_len, so every transition (item t -> item t+1) is a target in exactly one
-    window and the most recent window is always there; users with one item give no window.
+    Rows must be sorted by user then time. Every transition (item t -> item t+1) is a target in
+    exactly one window; elsewhere the target is 0 (no loss there). Windows are cut from the end
+    of each user's sequence backwards, so the most recent one is always there, and they overlap
+    so that each target reads at least `min_context` earlier items, or its whole history when
+    that is shorter: without the overlap a target at the start of a window sees almost nothing
+    of a long history, which is where SASRec's accuracy is lost. min_context=0 gives disjoint
+    windows (the cheapest epoch; max_len / (max_len - min_context) times more windows else).
+    The earliest window starts at the user's first item; users with one item give no window.
     """
+    if not 0 <= min_context < max_len:
+        raise ValueError(f"min_context must be in [0, max_len={max_len}), got {min_context}")
+    stride = max_len - min_context
     counts = np.bincount(users, minlength=n_users + 1)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    per_user = np.where(counts >= 2, -(-(counts - 1) // max_len), 0)
+    transitions = np.maximum(counts - 1, 0)
+    # Full windows (their inputs hold max_len real items) count their last `stride` targets;
+    # one more window, anchored at the first item, counts whatever earlier targets remain.
+    full = np.where(transitions > max_len, -(-(transitions - max_len) // stride), 0)
+    per_user = np.where(transitions > 0, full + 1, 0)
     owner = np.repeat(np.arange(n_users + 1), per_user)
-    first_window = np.cumsum(per_user) - per_user
-    step = np.arange(len(owner)) - first_window[owner]
-    ends = starts[owner] + counts[owner] - 1 - step * max_len
-    index = ends[:, None] + np.arange(-max_len, 1)
-    inside = index >= starts[owner][:, None]
+    step = np.arange(len(owner)) - (np.cumsum(per_user) - per_user)[owner]
+    first, last = starts[owner], starts[owner] + transitions[owner]  # item indices
+    anchored = step == full[owner]
+    end = np.where(anchored, first + np.minimum(transitions[owner], max_len), last - step * stride)
+    low = np.where(anchored, first, end - stride)  # targets counted: index in (low, high]
+    high = np.where(anchored, last - full[owner] * stride, end)
+    index = end[:, None] + np.arange(-max_len, 1)  # [W, max_len + 1] item indices
     items = np.asarray(items, dtype=np.int64)
-    return np.where(inside, items[np.maximum(index, 0)], 0)
+    window = np.where(index >= first[:, None], items[np.maximum(index, 0)], 0)
+    target_index = index[:, 1:]
+    counted = (target_index > low[:, None]) & (target_index <= high[:, None])
+    return np.stack([window[:, :-1], np.where(counted, window[:, 1:], 0)], axis=1)
 
 
 class SASRecData(L.LightningDataModule):
@@ -146,7 +165,11 @@ class SASRecData(L.LightningDataModule):
         super().__init__()
         self.data, self.config, self.seed = data, config, seed
         windows = training_windows(
-            data.train_users, data.train_items, data.n_users, data.max_seq_len
+            data.train_users,
+            data.train_items,
+            data.n_users,
+            data.max_seq_len,
+            config.min_context,
         )
         self.windows = torch.from_numpy(windows)
         self.generator = torch.Generator().manual_seed(seed)
@@ -166,8 +189,7 @@ class SASRecModule(RankingModule):
         self.model, self.n_items, self.config = model, n_items, config
 
     def loss(self, windows: torch.Tensor) -> torch.Tensor:
-        inputs, targets = windows[:, :-1], windows[:, 1:]
-        targets = targets.masked_fill(inputs == 0, 0)  # no prediction from a padded position
+        inputs, targets = windows[:, 0], windows[:, 1]  # training_windows: 0 = no target
         mask = targets > 0
         hidden = self.model(inputs)[mask]  # [N, H]: only the positions that have a target
         targets = targets[mask]

@@ -70,12 +70,20 @@ def test_padding_never_gives_nan(train):
 @pytest.mark.parametrize("loss", sasrec.LOSSES)
 def test_gradients_are_finite_with_padding(loss):
     module = sasrec.SASRecModule(tiny_model(), 12, sasrec.Config(loss=loss))
-    windows = torch.cat(
-        [torch.zeros(1, 7, dtype=torch.long), torch.tensor([[0, 0, 0, 0, 2, 3, 4]])]
-    )
-    module.loss(windows).backward()
+    inputs = torch.tensor([[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 2, 3]])
+    targets = torch.tensor([[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 3, 4]])
+    module.loss(torch.stack([inputs, targets], dim=1)).backward()
     for p in module.parameters():
         assert p.grad is None or torch.isfinite(p.grad).all()
+
+
+def window_pairs(windows: np.ndarray) -> list[tuple[int, int, int]]:
+    """(input item, target item, items read up to and including the input) per counted target."""
+    inputs, targets = windows[:, 0], windows[:, 1]
+    rows, cols = np.nonzero(targets)
+    context = np.cumsum(inputs > 0, axis=1)
+    columns = (inputs[rows, cols], targets[rows, cols], context[rows, cols])
+    return sorted(zip(*(c.tolist() for c in columns), strict=True))
 
 
 def test_training_windows_cover_each_transition_once():
@@ -83,14 +91,33 @@ def test_training_windows_cover_each_transition_once():
     users = np.array([1] * 3 + [2] * 8 + [3])
     items = np.arange(1, 13)
     windows = sasrec.training_windows(users, items, n_users=3, max_len=3)
-    assert windows.shape == (4, 4)
-    inputs, targets = windows[:, :-1], windows[:, 1:]
-    pairs = {(a, b) for a, b in zip(inputs.ravel(), targets.ravel(), strict=True) if a}
-    expected = {(a, a + 1) for a in range(1, 3)} | {(a, a + 1) for a in range(4, 11)}
-    assert pairs == expected
+    assert windows.shape == (4, 2, 3)
+    pairs = window_pairs(windows)
+    expected = [(a, a + 1) for a in range(1, 3)] + [(a, a + 1) for a in range(4, 11)]
+    assert [(a, b) for a, b, _ in pairs] == expected
     # each user's most recent window is there, left-padded where the history is short
-    rows = {tuple(r) for r in windows.tolist()}
-    assert {(0, 1, 2, 3), (8, 9, 10, 11), (0, 0, 4, 5)} <= rows
+    inputs = {tuple(r) for r in windows[:, 0].tolist()}
+    assert {(0, 1, 2), (8, 9, 10), (4, 5, 6)} <= inputs
+
+
+@pytest.mark.parametrize("min_context", [0, 1, 2, 4])
+def test_overlapping_windows_give_every_target_its_context(min_context):
+    rng = np.random.default_rng(min_context)
+    lengths = rng.integers(1, 30, 20)
+    users = np.repeat(np.arange(1, 21), lengths)
+    items = np.arange(1, len(users) + 1)  # item i is row i - 1, so its history is countable
+    windows = sasrec.training_windows(users, items, 20, max_len=5, min_context=min_context)
+    pairs = window_pairs(windows)
+    first_item = np.concatenate([[0], np.cumsum(lengths)])[users - 1] + 1  # per row
+    assert [(a, b) for a, b, _ in pairs] == [
+        (i - 1, i) for i in items.tolist() if i > first_item[i - 1]
+    ]  # every transition once, with its true predecessor as the input
+    for _, target, context in pairs:
+        history = target - first_item[target - 1]  # items the user had before the target
+        # at least min_context items of its own history, never another user's items
+        assert min(history, min_context) <= context <= min(history, 5)
+    with pytest.raises(ValueError, match="min_context"):
+        sasrec.training_windows(users, items, 20, max_len=5, min_context=5)
 
 
 def cycles(n_users: int, n_items: int, length: int) -> FeatureData:
