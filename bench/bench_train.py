@@ -18,6 +18,8 @@ Writes bench/results/train.json and bench/results/train.md.
 
     python bench/bench_train.py                         # our models and the RecBole peer
     python bench/bench_train.py --models sasrec recbole_sasrec
+    python bench/bench_train.py --models sasrec --sasrec-seeds 1 --out /tmp/try \
+        --set train.sasrec.dropout=0.5        # a tuning trial: seeds 42 and 1, results apart
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,6 +59,14 @@ def main() -> None:
         "--recbole-epochs", type=int, default=300, help="RecBole's max epochs (its default: 300)"
     )
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="parameter override for our models (as `recsys train --set`), e.g. "
+        "train.sasrec.dropout=0.5; repeatable",
+    )
+    parser.add_argument(
         "--sasrec-seeds",
         type=int,
         nargs="*",
@@ -66,10 +75,11 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    from tasks.cli import _overrides
     from tasks.params import load_params
     from tasks.train import load_features
 
-    params = load_params(args.params)
+    params = load_params(args.params, _overrides(args))
     data = load_features(args.features)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -96,9 +106,7 @@ def main() -> None:
 def bench_ours(name: str, data, params, args, out: Path) -> dict:
     from tasks.train import evaluate_model, load_model
 
-    cmd = [sys.executable, "-m", "tasks.cli", "train", "--model", name]
-    cmd += ["--features", str(args.features), "--out", str(out), "--params", str(args.params)]
-    wall, rss = run_timed(cmd, out.parent / f"{name}.log")
+    wall, rss = run_timed(train_command(name, args, out), out.parent / f"{name}.log")
     val = json.loads((out / "metrics.json").read_text())
     test = evaluate_model(load_model(out, data), data, "test")
     row = {
@@ -118,16 +126,19 @@ def bench_ours(name: str, data, params, args, out: Path) -> dict:
         row["seeds"] = [seed_summary(params.seed, val, test)]
         for seed in args.sasrec_seeds:
             seeded = out.parent / f"{name}-seed{seed}"
-            seeded.mkdir()
-            text = yaml.safe_load(args.params.read_text()) | {"seed": seed}
-            (seeded / "params.yaml").write_text(yaml.safe_dump(text, sort_keys=False))
-            run = cmd[:-1] + [str(seeded / "params.yaml")]
-            run[run.index("--out") + 1] = str(seeded / "model")
-            run_timed(run, seeded / "train.log")
-            seed_val = json.loads((seeded / "model" / "metrics.json").read_text())
-            seed_test = evaluate_model(load_model(seeded / "model", data), data, "test")
+            run_timed(train_command(name, args, seeded, seed), out.parent / f"{seeded.name}.log")
+            seed_val = json.loads((seeded / "metrics.json").read_text())
+            seed_test = evaluate_model(load_model(seeded, data), data, "test")
             row["seeds"].append(seed_summary(seed, seed_val, seed_test))
     return row
+
+
+def train_command(name: str, args, out: Path, seed: int | None = None) -> list[str]:
+    """`recsys train` of one of our models with the benchmark's parameter overrides."""
+    cmd = [sys.executable, "-m", "tasks.cli", "train", "--model", name]
+    cmd += ["--features", str(args.features), "--out", str(out), "--params", str(args.params)]
+    overrides = args.set + ([f"seed={seed}"] if seed is not None else [])
+    return cmd + [arg for item in overrides for arg in ("--set", item)]
 
 
 def seed_summary(seed: int, val: dict, test: dict) -> dict:

@@ -453,8 +453,8 @@ def recsys_pipeline(
         )  # fmt: skip
         logger.info("features in %s", params.features.out)
         runner = train_runner(params.train)
-        trained = train_models.with_options(task_runner=runner)(params) if runner else None
-        summary["train"] = (trained or train_models(params))["loo"]
+        trainer = train_models.with_options(task_runner=runner) if runner else train_models
+        summary["train"] = trainer(params)["loo"]
         artifacts.publish(
             artifacts.DATA_SUMMARY,
             summary_markdown(summary),

@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from tasks.evaluate import model_dir
     from tasks.train import train
 
-    params = load_params(args.params)
+    params = load_params(args.params, _overrides(args))
     metrics = train(
         model=args.model,
         features_dir=Path(args.features or params.features.out),
@@ -165,7 +165,7 @@ def cmd_flow_run(args: argparse.Namespace) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import recsys_pipeline, summary_markdown
 
-    overrides = dict(_parse_override(item) for item in args.set)
+    overrides = _overrides(args)
     summary = recsys_pipeline(
         params_path=args.params,
         overrides=overrides,
@@ -196,6 +196,20 @@ def _parse_override(item: str) -> tuple[str, object]:
     if not sep or not key:
         raise RecsysError(f"--set {item!r}: expected KEY=VALUE, e.g. features.max_seq_len=100")
     return key, yaml.safe_load(value)
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter (dotted key, as dvc exp run -S); repeatable",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    return dict(_parse_override(item) for item in args.set)
 
 
 def _add_debug(p: argparse.ArgumentParser) -> None:
@@ -277,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="split to train on: leave-one-out (default) or the global temporal split "
         "(written to <model>/temporal/)",
     )
+    _add_set(p)
     _add_params(p)
 
     p = add("export", cmd_export, "Export a trained model to ONNX: artifacts/<model>/<version>/.")
@@ -316,13 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-release", action="store_true", help="stop after evaluate: no export, no promotion"
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a parameter (dotted key, as dvc exp run -S); repeatable",
-    )
+    _add_set(p)
     p.set_defaults(func=cmd_flow_run)
     _add_params(p)
     return parser
