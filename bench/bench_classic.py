@@ -1,6 +1,6 @@
 """The classic families beside the deep models on MovieLens-100K (issue 8), and two peers.
 
-1. Every model of the registry (tasks.params.MODEL_NAMES) trained by the real `recsys train`
+1. Every model of the registry (recsys_models/registry.py) trained by the real `recsys train`
    command in its own process (wall time from the clock, train seconds from its metrics.json),
    then scored on the leave-one-out test split with the project's full-ranking metric code:
    NDCG@10, HR@10 and catalogue coverage@10 (distinct items in all test users' top-10, seen items
@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import machine, run_timed, torch_info  # noqa: E402
-from tasks.params import MODEL_NAMES  # noqa: E402
+from recsys_models.registry import model_names  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PEERS = ["implicit_als"]
@@ -47,7 +47,7 @@ TEST_KEYS = ("ndcg@10", "hr@10", "mrr")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    choices = list(MODEL_NAMES) + PEERS
+    choices = list(model_names()) + PEERS
     parser.add_argument("--models", nargs="+", default=choices, choices=choices)
     parser.add_argument("--features", type=Path, default=ROOT / "data" / "features")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -60,8 +60,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    from tasks.feature_store import load_features
     from tasks.params import load_params
-    from tasks.train import load_features
 
     params = load_params(args.params)
     data = load_features(args.features)
@@ -105,9 +105,10 @@ def write(out: Path, rows: list[dict], rating: dict | None) -> dict:
 
 
 def bench_ours(name: str, data, args, out: Path) -> dict:
-    from tasks.train import evaluate_model, load_model
+    from tasks.model_store import load_model
+    from tasks.train import evaluate_model
 
-    cmd = [sys.executable, "-m", "tasks.cli", "train", "--model", name]
+    cmd = [sys.executable, "-m", "cli.main", "train", "--model", name]
     cmd += ["--features", str(args.features), "--out", str(out), "--params", str(args.params)]
     wall, rss = run_timed(cmd, out.parent / f"{name}.log")
     val = json.loads((out / "metrics.json").read_text())
@@ -137,11 +138,11 @@ def bench_implicit(data, params, folder: Path) -> dict:
     import torch
 
     from recsys_models import als
-    from tasks.train import model_config
+    from tasks.model_store import model_config
 
     if not PEER_PYTHON.is_file():
         raise SystemExit(f"{PEER_PYTHON}: missing; run `make .venv-peers` first")
-    config = model_config(als, "als", params.train)
+    config = model_config("als", params.train.section("als"), "train.als")
     inputs, out = folder / "input", folder / "out"
     inputs.mkdir(parents=True)
     np.save(inputs / "users.npy", data.train_users)
@@ -179,11 +180,11 @@ def bench_rating(data, params, args, folder: Path) -> dict:
     import torch
 
     from recsys_models import rating_mf
-    from tasks.train import model_config
+    from tasks.model_store import model_config
 
     if not PEER_PYTHON.is_file():
         raise SystemExit(f"{PEER_PYTHON}: missing; run `make .venv-peers` first")
-    config = model_config(rating_mf, "rating_mf", params.train)
+    config = model_config("rating_mf", params.train.section("rating_mf"), "train.rating_mf")
     table = np.stack([data.train_users, data.train_items, data.train_ratings], 1)
     fold_of = np.random.default_rng(params.seed).permutation(len(table)) % args.folds
     inputs, out = folder / "input", folder / "out"
@@ -274,7 +275,7 @@ def merge(previous: Path, rows: list[dict], rating: dict | None) -> dict:
         old = json.loads(previous.read_text())
         kept = {r["model"]: r for r in old.get("rows", [])}
     kept |= {r["model"]: r for r in rows}
-    order = list(MODEL_NAMES) + PEERS
+    order = list(model_names()) + PEERS
     return {
         "benchmark": "MovieLens-100K, leave-one-out, full ranking (test split); rating MF vs SVD",
         "rows": sorted(kept.values(), key=lambda r: order.index(r["model"])),

@@ -39,7 +39,7 @@ def bench_size(n: int, repeats: int, work: Path) -> dict:
     users, items = sizes_for(n)
     work = work / f"n{n}"  # own folders per size: the drift check compares runs of one size
     raw = work / "raw"
-    recsys = [sys.executable, "-m", "tasks.cli"]
+    recsys = [sys.executable, "-m", "cli.main"]
     subprocess.run(
         [
             *recsys,

@@ -31,7 +31,7 @@ from bench.bench_data import sizes_for  # noqa: E402
 from bench.common import machine, run_timed, torch_info  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-RECSYS = [sys.executable, "-m", "tasks.cli"]
+RECSYS = [sys.executable, "-m", "cli.main"]
 SYNTH_MODELS = ("popularity", "itemknn")
 
 

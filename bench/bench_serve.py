@@ -98,7 +98,8 @@ def bench_in_process(args: argparse.Namespace, folder: Path) -> list[dict]:
     import onnxruntime as ort
     import torch
 
-    from tasks.train import load_features, load_model
+    from tasks.feature_store import load_features
+    from tasks.model_store import load_model
 
     data = load_features(args.features)
     net = load_model(args.models_dir / args.model, data).eval()

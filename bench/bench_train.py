@@ -75,9 +75,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from tasks.cli import _overrides
+    from cli.main import _overrides
+    from tasks.feature_store import load_features
     from tasks.params import load_params
-    from tasks.train import load_features
 
     params = load_params(args.params, _overrides(args))
     data = load_features(args.features)
@@ -104,7 +104,8 @@ def main() -> None:
 
 
 def bench_ours(name: str, data, params, args, out: Path) -> dict:
-    from tasks.train import evaluate_model, load_model
+    from tasks.model_store import load_model
+    from tasks.train import evaluate_model
 
     wall, rss = run_timed(train_command(name, args, out), out.parent / f"{name}.log")
     val = json.loads((out / "metrics.json").read_text())
@@ -135,7 +136,7 @@ def bench_ours(name: str, data, params, args, out: Path) -> dict:
 
 def train_command(name: str, args, out: Path, seed: int | None = None) -> list[str]:
     """`recsys train` of one of our models with the benchmark's parameter overrides."""
-    cmd = [sys.executable, "-m", "tasks.cli", "train", "--model", name]
+    cmd = [sys.executable, "-m", "cli.main", "train", "--model", name]
     cmd += ["--features", str(args.features), "--out", str(out), "--params", str(args.params)]
     overrides = args.set + ([f"seed={seed}"] if seed is not None else [])
     return cmd + [arg for item in overrides for arg in ("--set", item)]
@@ -229,11 +230,11 @@ def sasrec_throughput(data, params, val: dict) -> dict:
     """Training windows, and the targets (transitions) in them, per second of training-epoch
     time (validation passes included). Targets per second compares with RecBole, whose every
     training instance is one target."""
-    import recsys_models.sasrec as sasrec
-    from recsys_models.sasrec import Config, training_windows
-    from tasks.train import model_config
+    from recsys_models.sasrec import Config
+    from recsys_models.sequence_training import training_windows
+    from tasks.model_store import model_config
 
-    config: Config = model_config(sasrec, "sasrec", params.train)
+    config: Config = model_config("sasrec", params.train.section("sasrec"), "train.sasrec")
     windows = training_windows(
         data.train_users, data.train_items, data.n_users, data.max_seq_len, config.min_context
     )

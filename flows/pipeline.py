@@ -15,7 +15,7 @@ flow holds the project's pipeline lock (flows/locking.py) for its whole stage ch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -23,12 +23,27 @@ from prefect.cache_policies import NO_CACHE
 from flows import artifacts
 from flows.caching import checked_stage, inputs_key, run_stage, with_fingerprint
 from flows.locking import LOCK_FILE, pipeline_lock
+from recsys_models.registry import model_names
 from tasks.errors import RecsysError, ValidationFailed
-from tasks.evaluate import model_dir
+from tasks.features import build_features
+from tasks.incoming import (
+    BadIncomingFile,
+    commit_incoming,
+    pending_files,
+    reject_incoming,
+    stage_incoming,
+)
+from tasks.ingest import ingest
+from tasks.model_store import model_dir
+from tasks.movielens import fetch_movielens
 from tasks.params import Params, TrainParams, load_params
-from tasks.registry import CHAMPION, read_champion
+from tasks.registry import CHAMPION, promote, read_champion
+from tasks.release import release_plan
 
-SUMMARY_FILE = "summary.json"  # tasks.validate.SUMMARY_FILE, without importing Great Expectations
+SUMMARY_FILE = "summary.json"  # tasks/validate.py's, without importing Great Expectations
+
+# The registry's models, so the Prefect run form offers them as choices.
+ModelName = Literal[model_names()]
 
 
 def _transient(task_, task_run, state) -> bool:
@@ -68,29 +83,21 @@ def _evaluate_part(params: Params, parameters: dict[str, Any]) -> dict[str, Any]
     cache_policy=NO_CACHE,
 )
 def fetch_task(dataset: str, out: str) -> str:
-    from tasks.movielens import fetch_movielens
-
     return str(fetch_movielens(dataset, Path(out)))
 
 
 @task(name="stage-incoming", cache_policy=NO_CACHE)
 def stage_incoming_task(incoming: str, raw: str, source: str) -> dict[str, Any]:
-    from tasks.incoming import stage_incoming
-
     return stage_incoming(incoming, raw, source)
 
 
 @task(name="commit-incoming", cache_policy=NO_CACHE)
 def commit_incoming_task(staged: dict[str, Any], incoming: str) -> dict[str, Any]:
-    from tasks.incoming import commit_incoming
-
     return commit_incoming(staged, incoming)
 
 
 @task(name="reject-incoming", cache_policy=NO_CACHE)
 def reject_incoming_task(staged: dict[str, Any], incoming: str, reason: str) -> dict[str, Any]:
-    from tasks.incoming import reject_incoming
-
     return reject_incoming(staged, incoming, reason)
 
 
@@ -102,15 +109,13 @@ def reject_incoming_task(staged: dict[str, Any], incoming: str, reason: str) -> 
     cache_key_fn=inputs_key("path"),
 )
 def ingest_task(source: str, path: str, out: str) -> dict[str, Any]:
-    from tasks.ingest import ingest
-
     summary = ingest(source=source, path=Path(path), out_dir=Path(out))
     return with_fingerprint(summary, out)
 
 
 @task(name="validate", cache_key_fn=inputs_key("interim"))
 def validate_task(interim: str, out: str, params: Any) -> dict[str, Any]:
-    from tasks.validate import validate
+    from tasks.validate import validate  # heavy (Great Expectations): imported when it runs
 
     summary = validate(interim_dir=Path(interim), out_dir=Path(out), params=params)
     return with_fingerprint(summary, out)
@@ -118,8 +123,6 @@ def validate_task(interim: str, out: str, params: Any) -> dict[str, Any]:
 
 @task(name="features", cache_key_fn=inputs_key("interim", "validation"))
 def features_task(interim: str, out: str, params: Any, seed: int, validation: str) -> dict:
-    from tasks.features import build_features
-
     summary = build_features(
         interim_dir=Path(interim),
         out_dir=Path(out),
@@ -134,7 +137,7 @@ def features_task(interim: str, out: str, params: Any, seed: int, validation: st
 def train_task(
     model: str, features: str, out: str, params: Any, protocol: str = "loo"
 ) -> dict[str, Any]:
-    from tasks.train import train
+    from tasks.train import train  # heavy (torch, Lightning): imported when it runs
 
     metrics = train(
         model=model, features_dir=Path(features), out_dir=Path(out), params=params,
@@ -152,7 +155,7 @@ def evaluate_task(
 ) -> dict[str, Any]:
     """`champion` (artifacts/champion.json) is read by evaluate itself; named here so that a
     new champion invalidates the cached evaluation."""
-    from tasks.evaluate import evaluate
+    from tasks.evaluate import evaluate  # heavy (torch): imported when it runs
 
     result = evaluate(
         features_dir=Path(features), models_dir=Path(models), out_dir=Path(out), params=params
@@ -163,7 +166,7 @@ def evaluate_task(
 @task(name="export", cache_key_fn=inputs_key("model", "features"))
 def export_task(name: str, model: str, features: str, artifacts_dir: str) -> dict[str, Any]:
     """`model` is models/<name>: exporting the same weights again reuses the cached version."""
-    from tasks.export import export
+    from tasks.export import export  # heavy (torch, onnx): imported when it runs
 
     manifest = export(
         name=name,
@@ -176,8 +179,6 @@ def export_task(name: str, model: str, features: str, artifacts_dir: str) -> dic
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote_task(artifacts_dir: str, name: str, version: str, reason: str) -> dict[str, Any]:
-    from tasks.registry import promote
-
     return promote(Path(artifacts_dir), name, version, reason)
 
 
@@ -265,8 +266,6 @@ def _ingest_and_validate(
 
 def _stage_incoming(incoming: str, raw: str, source: str) -> dict[str, Any]:
     """Stage the new files; a file that cannot be appended is rejected with the reason."""
-    from tasks.incoming import BadIncomingFile, pending_files
-
     try:
         return stage_incoming_task(incoming, raw, source)
     except BadIncomingFile as exc:
@@ -311,8 +310,6 @@ def _evaluate(params: Params) -> dict[str, Any]:
 
 def _release(params: Params, decision: dict[str, Any], release: bool) -> dict[str, Any]:
     """Export and promote as tasks.release decides; publish the decision and model version."""
-    from tasks.release import release_plan
-
     logger = get_run_logger()
     artifacts_dir = params.evaluate.artifacts
     plan = release_plan(decision, artifacts_dir) if release else None
@@ -407,6 +404,7 @@ def recsys_pipeline(
     source: str | None = None,
     raw_path: str | None = None,
     overrides: dict[str, Any] | None = None,
+    models: list[ModelName] | None = None,
     fetch: bool = True,
     incoming: str | None = None,
     release: bool = True,
@@ -420,6 +418,7 @@ def recsys_pipeline(
         raw_path: raw file or folder; default params.yaml `ingest.path`.
         overrides: dotted-key parameter overrides, as with `dvc exp run -S`,
             e.g. {"features.max_seq_len": 100}.
+        models: the models to train; default params.yaml `train.models`.
         fetch: download the MovieLens raw files first when they are missing.
         incoming: retrain mode: a folder of newly arrived *.parquet/*.csv interaction files to
             append to the raw data (csv/parquet sources) once they pass validation (drift
@@ -429,7 +428,8 @@ def recsys_pipeline(
         lock_timeout_s: how long to wait for another run of this project to finish.
     """
     logger = get_run_logger()
-    params = load_params(params_path, overrides)
+    chosen = {"train.models": list(models)} if models else {}
+    params = load_params(params_path, (overrides or {}) | chosen)
     source = source or params.ingest.source
     raw = raw_path or params.ingest.path
     incoming = incoming or None  # an emptied form field is a full run, never the project root

@@ -23,6 +23,7 @@ from torch import nn
 
 from recsys_models.data import FeatureData
 from recsys_models.itemknn import interaction_matrix
+from recsys_models.spec import CLOSED_FORM, SCORE_GRAPH, ModelSpec
 
 # Gathered factor rows per block (rows x longest row in the block): 2**14 x factors float32,
 # 4 MiB at 64 factors: small blocks also keep the padding to each block's longest row small.
@@ -109,8 +110,20 @@ def fit(data: FeatureData, config: Config, seed: int) -> ALS:
     return ALS(users, items)
 
 
-def empty(data: FeatureData, config: Config) -> ALS:
-    """An ALS of the right shapes for load_model to fill from weights.pt, without refitting."""
+def restore(data: FeatureData, config: Config) -> ALS:
+    """All-zero factors of the fitted shapes, for saved weights to fill without refitting."""
     return ALS(
         torch.zeros(data.n_users + 1, config.factors), torch.zeros(data.n_items + 1, config.factors)
     )
+
+
+SPEC = ModelSpec(
+    name="als",
+    kind=CLOSED_FORM,
+    config=Config,
+    restore=restore,
+    export=SCORE_GRAPH,
+    fit=fit,
+    uses_history=False,
+    item_vectors="item_factors",
+)

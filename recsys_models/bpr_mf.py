@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from recsys_models.data import FeatureData, eval_loader, shuffled_batches
 from recsys_models.lightning_base import RankingModule
+from recsys_models.spec import GRADIENT, SCORE_GRAPH, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,27 @@ class BPRModule(RankingModule):
         return torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
 
 
+def restore(data: FeatureData, config: Config) -> BPRMF:
+    """The bare BPRMF for `data`'s users and items, untrained: the module that saved weights
+    load into, and the one build() initialises."""
+    return BPRMF(data.n_users, data.n_items, config.dim)
+
+
 def build(data: FeatureData, config: Config, seed: int) -> tuple[BPRModule, BPRData]:
     """The LightningModule (its `.model` is the BPRMF) and the DataModule of `data`."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the same seed gives the same initial weights
-        model = BPRMF(data.n_users, data.n_items, config.dim)
+        model = restore(data, config)
     return BPRModule(model, data, config), BPRData(data, config, seed)
+
+
+SPEC = ModelSpec(
+    name="bpr_mf",
+    kind=GRADIENT,
+    config=Config,
+    restore=restore,
+    export=SCORE_GRAPH,
+    build=build,
+    uses_history=False,
+    item_vectors="item_emb.weight",
+)

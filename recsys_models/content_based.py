@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
+from recsys_models.spec import CLOSED_FORM, ITEM_FEATURES, SCORE_GRAPH, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,36 @@ class ContentBased(nn.Module):
         return user @ self.profiles.T + self.prior
 
 
-def fit(data: FeatureData, config: Config, seed: int) -> ContentBased:
-    """Profiles from the item features; `seed` is unused (nothing is random or learned)."""
-    profiles = item_profiles(
+def _profiles(data: FeatureData, config: Config) -> torch.Tensor:
+    """item_profiles of `data`'s item features: fit and restore compute them alike."""
+    return item_profiles(
         torch.as_tensor(data.item_genres),
         torch.as_tensor(data.item_year_bucket),
         config.year_weight,
     )
+
+
+def fit(data: FeatureData, config: Config, seed: int) -> ContentBased:
+    """Profiles from the item features; `seed` is unused (nothing is random or learned)."""
     popularity = torch.as_tensor(data.item_popularity, dtype=torch.float32).clone()
     popularity[0] = 0.0
     prior = config.tie_break * popularity / popularity.max().clamp_min(1.0)
-    return ContentBased(profiles, prior, config.decay)
+    return ContentBased(_profiles(data, config), prior, config.decay)
+
+
+def restore(data: FeatureData, config: Config) -> ContentBased:
+    """The model for saved weights to fill. The profiles are computed here because that is the
+    simplest way to get their width (genres + year buckets), and they are a cheap, deterministic
+    function of the item features, not a fit; the prior (training popularity) starts at zero."""
+    return ContentBased(_profiles(data, config), torch.zeros(data.n_items + 1), config.decay)
+
+
+SPEC = ModelSpec(
+    name="content_based",
+    kind=CLOSED_FORM,
+    config=Config,
+    restore=restore,
+    export=SCORE_GRAPH,
+    fit=fit,
+    needs=frozenset({ITEM_FEATURES}),
+)

@@ -21,6 +21,7 @@ from torch import nn
 
 from recsys_models.data import FeatureData
 from recsys_models.itemknn import interaction_matrix
+from recsys_models.spec import CLOSED_FORM, SCORE_GRAPH, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,19 @@ def fit(data: FeatureData, config: Config, seed: int) -> EASE:
     gram = (matrix.T @ matrix).toarray().astype(np.float64)
     b = closed_form(gram, config.l2)
     return EASE(torch.from_numpy(b.astype(np.float32)), config.decay)
+
+
+def restore(data: FeatureData, config: Config) -> EASE:
+    """All-zero weights of the fitted shape, for saved weights to fill: no catalogue-sized
+    inverse is computed, which is the whole cost of fit()."""
+    return EASE(torch.zeros(data.n_items + 1, data.n_items + 1), config.decay)
+
+
+SPEC = ModelSpec(
+    name="ease",
+    kind=CLOSED_FORM,
+    config=Config,
+    restore=restore,
+    export=SCORE_GRAPH,
+    fit=fit,
+)

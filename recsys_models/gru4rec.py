@@ -1,9 +1,9 @@
 """GRU4Rec (Hidasi et al., 2016): a GRU reads the user's items in order, its last state scores
 the next item against the (shared) item embeddings.
 
-Trained like SASRec (recsys_models.sasrec): the same training windows, batches and full-softmax
-cross-entropy at every position (the loss that made GRU4Rec competitive again; Hidasi &
-Czapienko, 2023), so the two differ only in the sequence encoder.
+Trained exactly like SASRec (recsys_models.sequence_training): the same training windows,
+batches and full-softmax cross-entropy at every position (the loss that made GRU4Rec competitive
+again; Hidasi & Czapienko, 2023), so the two differ only in the sequence encoder.
 
 Padding-safe by construction: histories are left-padded with item 0, whose embedding is zero,
 and the GRU has no biases, so from the zero initial state a padded step leaves the state at
@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
-from recsys_models.sasrec import SASRecData, SASRecModule
+from recsys_models.sequence_training import NextItemModule, WindowData
+from recsys_models.spec import GRADIENT, HISTORY_GRAPH, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,25 @@ class GRU4Rec(nn.Module):
         return self(history)[:, -1] @ self.item_emb.weight.T
 
 
-def build(data: FeatureData, config: Config, seed: int) -> tuple[SASRecModule, SASRecData]:
-    """SASRec's LightningModule around a GRU4Rec (its `.model`) and SASRec's DataModule."""
+def restore(data: FeatureData, config: Config) -> GRU4Rec:
+    """The bare GRU4Rec for `data`'s catalogue, untrained: the module that saved weights load
+    into, and the one build() initialises."""
+    return GRU4Rec(data.n_items, config.hidden, config.layers, config.dropout)
+
+
+def build(data: FeatureData, config: Config, seed: int) -> tuple[NextItemModule, WindowData]:
+    """The shared next-item LightningModule around a GRU4Rec (its `.model`) and the windows."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the same seed gives the same initial weights
-        model = GRU4Rec(data.n_items, config.hidden, config.layers, config.dropout)
-    return SASRecModule(model, data.n_items, config), SASRecData(data, config, seed)
+        model = restore(data, config)
+    return NextItemModule(model, data.n_items, config), WindowData(data, config, seed)
+
+
+SPEC = ModelSpec(
+    name="gru4rec",
+    kind=GRADIENT,
+    config=Config,
+    restore=restore,
+    export=HISTORY_GRAPH,
+    build=build,
+)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
+from recsys_models.spec import CLOSED_FORM, NEIGHBOURS, ModelSpec
 
 # The dense similarity block cosine_topk holds at once: 2**24 float32 values, 64 MiB.
 BLOCK_VALUES = 1 << 24
@@ -54,6 +55,12 @@ def interaction_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int
     return matrix
 
 
+def neighbour_count(n: int, k: int) -> int:
+    """How many neighbours cosine_topk keeps per row among n rows: k, but at least one and
+    never more than the n - 1 other rows. restore() reads the shapes from it too."""
+    return max(1, min(k, n - 1))
+
+
 def cosine_topk(
     vectors: sp.csr_matrix, k: int, shrink: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +72,7 @@ def cosine_topk(
     """
     vectors = sp.csr_matrix(vectors, dtype=np.float32)
     n = vectors.shape[0]
-    k = max(1, min(k, n - 1))
+    k = neighbour_count(n, k)
     norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1)).ravel())
     transposed = vectors.T.tocsr()
     indices = np.zeros((n, k), dtype=np.int64)
@@ -117,3 +124,22 @@ def fit(data: FeatureData, config: Config, seed: int) -> ItemKNN:
     )
     neighbours, sims = cosine_topk(matrix.T.tocsr(), config.k, config.shrink)
     return ItemKNN(torch.from_numpy(neighbours), torch.from_numpy(sims), config.decay)
+
+
+def restore(data: FeatureData, config: Config) -> ItemKNN:
+    """Empty neighbour lists of the fitted shape, for saved weights to fill: no similarities are
+    computed, which is the whole cost of fit()."""
+    rows = data.n_items + 1
+    k = neighbour_count(rows, config.k)
+    neighbours = torch.zeros(rows, k, dtype=torch.int64)
+    return ItemKNN(neighbours, torch.zeros(rows, k), config.decay)
+
+
+SPEC = ModelSpec(
+    name="itemknn",
+    kind=CLOSED_FORM,
+    config=Config,
+    restore=restore,
+    export=NEIGHBOURS,
+    fit=fit,
+)

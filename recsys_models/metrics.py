@@ -1,9 +1,12 @@
-"""Full-ranking metrics in batched torch (DESIGN.md evaluation protocol).
+"""Ranking metrics in batched torch (DESIGN.md evaluation protocol): one implementation for
+validation (early stopping), evaluation and the sampled protocol.
 
 Every item of the catalogue is scored; padding (item 0) and the items the user interacted with
-before the target are removed, except the target itself (a user may re-consume an item); the
-target's rank is then 1 + the number of remaining items scored strictly higher + the number of
-other items scored equal (ties count against the model, so a constant scorer gains nothing).
+before the target are removed, except the targets themselves (a user may re-consume an item);
+a target's position is then 1 + the number of remaining items scored higher or equal (ties count
+against the model, so a constant scorer gains nothing) + the user's other targets above it
+(target_positions). set_metrics turns positions into every per-user metric; sampled_metrics
+reads single-target positions among sampled negatives through the same set_metrics.
 """
 
 from __future__ import annotations
@@ -17,84 +20,21 @@ KS = (5, 10, 20)
 DIRECT_COUNT_MAX_TARGETS = 8
 
 
-def target_ranks(
-    scores: torch.Tensor,
-    targets: torch.Tensor,
-    seen_rows: torch.Tensor | None = None,
-    seen_cols: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """1-based rank of each row's target among the unseen items. scores: [B, I+1].
-
-    The competitors are kept in a mask instead of being overwritten with -inf, so a target the
-    model itself scores -inf ranks last among the real candidates, not behind padding and seen
-    items too; a NaN score reads as -inf, so a diverged model can never rank a target first.
-    """
-    return target_ranks_and_candidates(scores, targets, seen_rows, seen_cols)[0]
-
-
-def target_ranks_and_candidates(
-    scores: torch.Tensor,
-    targets: torch.Tensor,
-    seen_rows: torch.Tensor | None = None,
-    seen_cols: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """target_ranks and, per row, how many items competed with the target (for the AUC)."""
-    scores = scores.float()
-    scores = torch.where(torch.isnan(scores), float("-inf"), scores)
-    targets = targets.to(scores.device)
-    rows = torch.arange(len(targets), device=scores.device)
-    target_scores = scores[rows, targets][:, None]
-    competes = torch.ones_like(scores, dtype=torch.bool)
-    competes[:, 0] = False
-    if seen_rows is not None and seen_cols is not None and seen_rows.numel():
-        competes[seen_rows.to(scores.device), seen_cols.to(scores.device)] = False
-    competes[rows, targets] = False  # the target does not compete with itself
-    higher = ((scores > target_scores) & competes).sum(dim=1)
-    ties = ((scores == target_scores) & competes).sum(dim=1)
-    return 1 + higher + ties, competes.sum(dim=1)
-
-
-def auc(ranks: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """Per user, the fraction of competing items the target beats (ties count as losses).
-
-    With one target, AUC = (candidates - (rank - 1)) / candidates; a user with no competitor
-    gets 1.0 (nothing was ranked above the target).
-    """
-    ranks, candidates = ranks.float(), candidates.float()
-    beaten = candidates - (ranks - 1.0)
-    return torch.where(candidates > 0, beaten / candidates.clamp(min=1.0), torch.ones_like(ranks))
-
-
-def per_user_metrics(ranks: torch.Tensor, ks: Iterable[int] = KS) -> dict[str, torch.Tensor]:
-    """HR@K, Precision@K, Recall@K, NDCG@K (1/log2(rank+1) when rank <= K) and MRR per user.
-
-    With a single held-out target, Recall@K equals HR@K and Precision@K is HR@K / K; both are
-    reported under their usual names so tables line up with papers that list them.
-    """
-    ranks = ranks.float()
-    out: dict[str, torch.Tensor] = {}
-    for k in ks:
-        hit = ranks <= k
-        out[f"hr@{k}"] = hit.float()
-        out[f"recall@{k}"] = hit.float()
-        out[f"precision@{k}"] = hit.float() / k
-        out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
-    out["mrr"] = 1.0 / ranks
-    return out
-
-
 def evaluate_batch(
     score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: dict
 ) -> dict[str, torch.Tensor]:
-    """Per-user metrics of one evaluation batch (see recsys_models.data.EvalDataset).
+    """Per-user metrics of one evaluation batch (see recsys_models.data.EvalDataset): its one
+    target per user (batch["target"]), keys as set_metrics.
 
     Scored with autocast off: under bf16 mixed precision (training on a GPU) the scores would
     have 8 bits of mantissa, and the ties that creates count against the model.
     """
     with torch.autocast(device_type=batch["history"].device.type, enabled=False):
         scores = score_fn(batch["user"], batch["history"])
-    ranks = target_ranks(scores, batch["target"], batch["seen_rows"], batch["seen_cols"])
-    return per_user_metrics(ranks)
+    positions, beaten = target_positions(
+        scores, batch["target"][:, None], batch["seen_rows"], batch["seen_cols"]
+    )
+    return set_metrics(positions, beaten)
 
 
 @torch.no_grad()
@@ -179,10 +119,13 @@ def target_positions(
 
     targets: [B, T] item indices, 0 = no target. The candidates are every item except padding,
     the seen items and the user's targets; a target's position is 1 + the candidates scored
-    higher or equal (ties count against the model) + the user's targets scored above it. With
-    one target per row this is exactly target_ranks. Returns positions [B, T] (float, sorted
-    ascending, inf where there is no target) and, per target, the fraction of candidates it
-    beats (for the AUC; 1.0 when there is no candidate), in the same order.
+    higher or equal (ties count against the model) + the user's targets scored above it. The
+    candidates are kept in a mask instead of being overwritten with -inf, so a target the model
+    itself scores -inf ranks last among the real candidates, not behind padding and seen items
+    too; a NaN score reads as -inf, so a diverged model can never rank a target first. Returns
+    positions [B, T] (float, sorted ascending, inf where there is no target) and, per target,
+    the fraction of candidates it beats (for the AUC; 1.0 when there is no candidate), in the
+    same order.
 
     Up to DIRECT_COUNT_MAX_TARGETS targets are counted with one comparison pass each (leave-one-
     out has one); more are counted in each row sorted once (searchsorted), which keeps time and
@@ -229,8 +172,10 @@ def set_metrics(
     """Per-user HR, Precision, Recall, NDCG at each K, MRR and AUC from target_positions.
 
     Recall@K is the share of the user's targets in the top K, Precision@K the hits over K,
-    NDCG@K the DCG over the ideal DCG of min(targets, K) hits; MRR reads the best target. With
-    one target they equal per_user_metrics and auc.
+    NDCG@K the DCG over the ideal DCG of min(targets, K) hits; MRR reads the best target; AUC is
+    the mean over the targets of the fraction of candidates each beats (ties count as losses).
+    With one target, Recall@K equals HR@K, Precision@K is HR@K / K and NDCG@K 1/log2(pos + 1)
+    within the top K; both are reported so tables line up with papers that list them.
     """
     n_targets = torch.isfinite(positions).sum(dim=1).clamp(min=1).float()
     out: dict[str, torch.Tensor] = {}
@@ -247,3 +192,20 @@ def set_metrics(
     out["mrr"] = 1.0 / positions[:, 0]
     out["auc"] = beaten.nan_to_num(0.0).sum(dim=1) / n_targets
     return out
+
+
+def sampled_metrics(
+    ranks: torch.Tensor, valid: torch.Tensor, ks: Iterable[int] = KS
+) -> dict[str, torch.Tensor]:
+    """Per user, the mean over their valid targets of each target's own HR@K, NDCG@K and MRR.
+
+    ranks [B, T]: each target's rank among itself and the sampled negatives (sampled_ranks);
+    valid [B, T]: False where there is no target. Each target is ranked on its own (the others
+    are not among its competitors), so each is one row of set_metrics; a user's figure is the
+    mean of their targets' rows, and a user without a valid target gets 0.
+    """
+    positions = torch.where(valid, ranks.float(), float("inf")).reshape(-1, 1)  # [B * T, 1]
+    per_target = set_metrics(positions, torch.full_like(positions, float("nan")), ks)
+    n = valid.sum(dim=1).clamp(min=1).float()
+    names = [f"{name}@{k}" for k in ks for name in ("hr", "ndcg")] + ["mrr"]
+    return {name: per_target[name].reshape(valid.shape).sum(dim=1) / n for name in names}

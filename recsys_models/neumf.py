@@ -21,6 +21,7 @@ from torch import nn
 
 from recsys_models.bpr_mf import BPRData, BPRModule
 from recsys_models.data import FeatureData
+from recsys_models.spec import GRADIENT, SCORE_GRAPH, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,26 @@ class NeuMFModule(BPRModule):
         )
 
 
+def restore(data: FeatureData, config: Config) -> NeuMF:
+    """The bare NeuMF for `data`'s users and items, untrained: the module that saved weights
+    load into, and the one build() initialises."""
+    return NeuMF(data.n_users, data.n_items, config.dim, config.hidden, config.dropout)
+
+
 def build(data: FeatureData, config: Config, seed: int) -> tuple[NeuMFModule, BPRData]:
     """The LightningModule (its `.model` is the NeuMF) and the DataModule of `data`."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the same seed gives the same initial weights
-        model = NeuMF(data.n_users, data.n_items, config.dim, config.hidden, config.dropout)
+        model = restore(data, config)
     return NeuMFModule(model, data, config), BPRData(data, config, seed)
+
+
+SPEC = ModelSpec(
+    name="neumf",
+    kind=GRADIENT,
+    config=Config,
+    restore=restore,
+    export=SCORE_GRAPH,
+    build=build,
+    uses_history=False,
+)

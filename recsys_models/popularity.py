@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
+from recsys_models.spec import CLOSED_FORM, SCORE_VECTOR, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -35,3 +36,18 @@ def fit(data: FeatureData, config: Config, seed: int) -> Popularity:
     counts = torch.as_tensor(data.item_popularity, dtype=torch.float32).clone()
     counts[0] = 0.0
     return Popularity(counts)
+
+
+def restore(data: FeatureData, config: Config) -> Popularity:
+    """All-zero counts of the catalogue's size, for saved weights to fill."""
+    return Popularity(torch.zeros(data.n_items + 1))
+
+
+SPEC = ModelSpec(
+    name="popularity",
+    kind=CLOSED_FORM,
+    config=Config,
+    restore=restore,
+    export=SCORE_VECTOR,
+    fit=fit,
+)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from recsys_models.data import FeatureData, eval_loader, shuffled_batches
 from recsys_models.lightning_base import RankingModule
+from recsys_models.spec import GRADIENT, RATINGS, SCORE_GRAPH, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,12 @@ class RatingModule(RankingModule):
         return torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
 
 
+def restore(data: FeatureData, config: Config) -> RatingMF:
+    """The bare RatingMF for `data`'s users and items, untrained (global mean 0 until the
+    weights load): restoring needs no ratings, only the catalogue sizes."""
+    return RatingMF(data.n_users, data.n_items, config.dim, 0.0)
+
+
 def build(data: FeatureData, config: Config, seed: int) -> tuple[RatingModule, RatingData]:
     """The LightningModule (its `.model` is the RatingMF) and the DataModule of `data`."""
     if data.train_ratings is None:
@@ -129,6 +136,20 @@ def build(data: FeatureData, config: Config, seed: int) -> tuple[RatingModule, R
         raise ValueError("train_ratings must have one rating per training row")
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the same seed gives the same initial weights
-        mean = float(np.mean(data.train_ratings)) if len(data.train_ratings) else 0.0
-        model = RatingMF(data.n_users, data.n_items, config.dim, mean)
+        model = restore(data, config)
+    # The mean is a statistic of the training ratings, not a draw: set outside the seeded fork.
+    mean = float(np.mean(data.train_ratings)) if len(data.train_ratings) else 0.0
+    model.global_mean.fill_(mean)
     return RatingModule(model, config), RatingData(data, config, seed)
+
+
+SPEC = ModelSpec(
+    name="rating_mf",
+    kind=GRADIENT,
+    config=Config,
+    restore=restore,
+    export=SCORE_GRAPH,
+    build=build,
+    needs=frozenset({RATINGS}),
+    uses_history=False,
+)

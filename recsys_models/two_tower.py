@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.lightning_base import RankingModule
+from recsys_models.spec import EMBEDDINGS, GRADIENT, ModelSpec
 
 # A finite "minus infinity": masked logits stay finite, so a row whose logits are all masked
 # but its positive still gives a finite loss.
@@ -189,10 +190,10 @@ def items_in_history(history: torch.Tensor, candidates: torch.Tensor, n_ids: int
 
 
 class TwoTowerModule(RankingModule):
-    def __init__(self, data: FeatureData, config: Config):
+    def __init__(self, model: TwoTower, data: FeatureData, config: Config):
         super().__init__()
         self.config = config
-        self.model = TwoTower(data, config)
+        self.model = model
         # Probability of an item being a training target (each training row but the user's
         # first is a target); +1 smoothing keeps never-seen items finite.
         popularity = np.asarray(data.item_popularity, dtype=np.float64) + 1.0
@@ -231,7 +232,7 @@ class TwoTowerModule(RankingModule):
         )
 
 
-class NextItemData(lightning.LightningDataModule):
+class TwoTowerData(lightning.LightningDataModule):
     """(history prefix -> next item) pairs from the training sequences.
 
     Every training row that is not its user's first is a target; its history is the up to
@@ -282,19 +283,40 @@ class NextItemData(lightning.LightningDataModule):
         return eval_loader(self.data, "val", self.config.eval_batch_size)
 
 
-def build(
-    data: FeatureData, config: Config, seed: int
-) -> tuple[lightning.LightningModule, lightning.LightningDataModule]:
+def restore(data: FeatureData, config: Config) -> TwoTower:
+    """The bare TwoTower for `data`, untrained: the module that saved weights load into, and
+    the one build() initialises. Its feature tables (genres, year buckets, user codes) are
+    copied from `data`, which also fixes the sizes of the feature embeddings."""
+    return TwoTower(data, config)
+
+
+def build(data: FeatureData, config: Config, seed: int) -> tuple[TwoTowerModule, TwoTowerData]:
+    """The LightningModule (its `.model` is the TwoTower) and the DataModule of `data`."""
+    # The global generator, not a fork of it as in the other models: training draws its dropout
+    # from the generator where the initialisation left it, and a fork would change those draws
+    # and with them every two-tower result recorded so far.
     torch.manual_seed(seed)
-    return TwoTowerModule(data, config), NextItemData(data, config, seed)
+    model = restore(data, config)
+    return TwoTowerModule(model, data, config), TwoTowerData(data, config, seed)
 
 
 __all__ = [
+    "SPEC",
     "Config",
-    "NextItemData",
     "TwoTower",
+    "TwoTowerData",
     "TwoTowerModule",
     "build",
     "corrected_logits",
+    "restore",
     "sampled_softmax_loss",
 ]
+
+SPEC = ModelSpec(
+    name="two_tower",
+    kind=GRADIENT,
+    config=Config,
+    restore=restore,
+    export=EMBEDDINGS,
+    build=build,
+)

@@ -22,6 +22,7 @@ from torch import nn
 
 from recsys_models.data import FeatureData
 from recsys_models.itemknn import cosine_topk, interaction_matrix
+from recsys_models.spec import CLOSED_FORM, SCORE_GRAPH, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,20 @@ def fit(data: FeatureData, config: Config, seed: int) -> UserKNN:
     )
     table = neighbourhood_table(matrix, config.k, config.shrink)
     return UserKNN(torch.from_numpy(table))
+
+
+def restore(data: FeatureData, config: Config) -> UserKNN:
+    """An all-zero table of the fitted shape, for saved weights to fill: no neighbours are
+    searched, which is the whole cost of fit()."""
+    return UserKNN(torch.zeros(data.n_users + 1, data.n_items + 1))
+
+
+SPEC = ModelSpec(
+    name="userknn",
+    kind=CLOSED_FORM,
+    config=Config,
+    restore=restore,
+    export=SCORE_GRAPH,
+    fit=fit,
+    uses_history=False,
+)

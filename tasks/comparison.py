@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy import stats
 
 from tasks.params import EvaluateParams
 
@@ -43,8 +44,6 @@ def bootstrap_interval(
 
 def paired_tests(diffs: np.ndarray) -> dict[str, float]:
     """Two-sided p-values: Wilcoxon signed-rank (the decision's) and the paired t-test."""
-    from scipy import stats
-
     nonzero = diffs[diffs != 0]
     if len(nonzero) == 0:  # identical on every user: nothing to test, nothing to promote
         return {"p_wilcoxon": 1.0, "p_ttest": 1.0}

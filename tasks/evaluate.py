@@ -31,108 +31,25 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
+from scipy.stats import rankdata
 
+from recsys_models.data import EvalDataset, FeatureData
+from recsys_models.metrics import (
+    sample_negatives,
+    sampled_metrics,
+    sampled_ranks,
+    set_metrics,
+    target_positions,
+)
+from tasks import comparison, report
 from tasks.errors import RecsysError
-from tasks.io import file_sha256, staged_dir, write_json
-from tasks.params import MODEL_NAMES, EvaluateParams, Params
-
-KS = (5, 10, 20)
-BEYOND_K = 10
-HISTORY_BUCKETS = (0, 20, 50, 100, 200, 500)  # lower edges, for NDCG@10 by history length
-PRIMARY_METRICS = tuple(
-    f"{name}@{k}" for name in ("ndcg", "hr", "recall", "precision") for k in KS
-) + ("mrr", "auc")
-
-
-def model_dir(models_root: str | Path, name: str, protocol: str = "loo") -> Path:
-    """Where the train stage writes a model: models/<name>/, or models/<name>/temporal/."""
-    root = Path(models_root) / name
-    return root if protocol == "loo" else root / protocol
-
-
-def trained_models(models_root: str | Path, protocol: str) -> list[str]:
-    """The registry's models that have a complete training output for this protocol."""
-    return [
-        name
-        for name in MODEL_NAMES
-        if (model_dir(models_root, name, protocol) / "config.json").is_file()
-        and (model_dir(models_root, name, protocol) / "weights.pt").is_file()
-    ]
-
-
-def data_version(features_dir: Path, dvc_file: Path = Path("data.dvc")) -> dict[str, Any]:
-    """What identifies the data: the features manifest's sha256 and the raw data's DVC hash."""
-    version: dict[str, Any] = {
-        "features_manifest_sha256": file_sha256(features_dir / "manifest.json")
-    }
-    if dvc_file.is_file():
-        import yaml
-
-        try:
-            outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
-            version["raw_md5"] = outs[0].get("md5")
-        except (yaml.YAMLError, AttributeError, IndexError):
-            version["raw_md5"] = None
-    return version
-
-
-# --- protocol cards ----------------------------------------------------------------------------
-
-SPLITS = {
-    "loo": "leave-one-out by time: each user's last interaction is the target, the one before "
-    "it validation, the rest training",
-    "temporal": "global temporal: trained on interactions before the validation cut; targets are "
-    "every item a user consumed after the test cut, history everything before it",
-}
-
-
-def protocol_card(
-    split: str, kind: str, version: dict[str, Any], params: EvaluateParams, seed: int
-) -> dict[str, Any]:
-    """Everything a number depends on besides the model; a row without it is never shown."""
-    card: dict[str, Any] = {
-        "id": f"{split}/{kind}",
-        "split": split,
-        "split_detail": SPLITS[split],
-        "ks": list(KS),
-        "seen_items": "removed from the candidates (a target itself always stays)",
-        "ties": "count against the model",
-        "data_version": version,
-    }
-    if kind == "full":
-        card |= {
-            "ranking": "full",
-            "candidates": "the whole catalogue but padding and the user's seen items",
-            "sampler": None,
-        }
-    elif kind == "sampled":
-        card |= {
-            "ranking": "sampled (not the primary figure; for comparison with published tables)",
-            "candidates": f"each target and {params.sampled_negatives} sampled negatives",
-            "sampler": {
-                "kind": "uniform without replacement over items the user never touched",
-                "n": params.sampled_negatives,
-                "seed": seed,
-                "per_user_stream": "numpy default_rng([seed, user])",
-            },
-        }
-    else:
-        card |= {
-            "ranking": f"top-{BEYOND_K} lists of the full ranking (coverage at every K)",
-            "candidates": "the whole catalogue but padding and the user's seen items",
-            "sampler": None,
-        }
-    return card
-
-
-def same_protocol(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The one card shared by rows about to be put in one table; mixing protocols is refused."""
-    cards = {json.dumps(row["card"], sort_keys=True) for row in rows}
-    if len(cards) > 1:
-        ids = sorted({row["card"]["id"] for row in rows})
-        raise RecsysError(f"a metrics table cannot mix protocols ({', '.join(ids)})")
-    return rows[0]["card"] if rows else {}
-
+from tasks.feature_store import data_version, item_ids, load_features
+from tasks.io import staged_dir, write_json
+from tasks.model_store import load_model, model_dir, staleness, trained_models
+from tasks.params import Params
+from tasks.protocol import BEYOND_K, CARD_KINDS, KS, PRIMARY_METRICS, protocol_card
+from tasks.registry import read_champion
 
 # --- scoring -------------------------------------------------------------------------------------
 
@@ -161,10 +78,7 @@ class CatalogueStats:
     """Item figures every model's lists are judged by: popularity percentile, self-information,
     unit genre vectors; all from the protocol's training interactions only."""
 
-    def __init__(self, data):
-        import torch
-        from scipy.stats import rankdata
-
+    def __init__(self, data: FeatureData):
         counts = np.asarray(data.item_popularity, dtype=np.float64)
         real = counts[1:]
         self.popularity = counts
@@ -186,11 +100,6 @@ def score_model(
     net, data, name: str, protocol: str, params: Params, stats: CatalogueStats | None = None
 ) -> Scored:
     """Per-user full-ranking, sampled-ranking and beyond-accuracy figures of one model."""
-    import torch
-
-    from recsys_models.data import EvalDataset
-    from recsys_models.metrics import sample_negatives, sampled_ranks, set_metrics, target_positions
-
     p = params.evaluate
     stats = stats or CatalogueStats(data)  # the same for every model of a protocol: pass it
     ds = EvalDataset(data, "test")
@@ -221,7 +130,8 @@ def score_model(
                 seed=params.seed,
             )
             ranks = sampled_ranks(scores, targets, torch.from_numpy(negatives)).float()
-            out |= _sampled_metrics(ranks, targets > 0)
+            sampled = sampled_metrics(ranks, targets > 0, KS)
+            out |= {f"sampled_{key}": value for key, value in sampled.items()}
             top = _top_lists(scores, batch["seen_rows"], batch["seen_cols"], max(KS))
             for k in KS:
                 covered[k][top[:, :k].reshape(-1).numpy()] = True
@@ -267,26 +177,8 @@ def _touched(data) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([[0], np.cumsum(counts)]), items[order]
 
 
-def _sampled_metrics(ranks, valid) -> dict[str, Any]:
-    """Per user, the mean over their targets of each target's sampled-ranking metrics."""
-    import torch
-
-    n = valid.sum(dim=1).clamp(min=1).float()
-    ranks = ranks.float()
-    out = {}
-    for k in KS:
-        hit = (ranks <= k) & valid
-        out[f"sampled_hr@{k}"] = hit.sum(dim=1) / n
-        gain = torch.where(hit, 1.0 / torch.log2(ranks + 1.0), 0.0)
-        out[f"sampled_ndcg@{k}"] = gain.sum(dim=1) / n
-    out["sampled_mrr"] = torch.where(valid, 1.0 / ranks, 0.0).sum(dim=1) / n
-    return out
-
-
 def _top_lists(scores, seen_rows, seen_cols, k: int):
     """[B, k] the items each user would be shown: padding and seen items never appear."""
-    import torch
-
     masked = torch.where(torch.isnan(scores), float("-inf"), scores.clone())
     masked[:, 0] = float("-inf")
     if seen_rows.numel():
@@ -321,92 +213,23 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score every trained model under each protocol, compare challengers with the champion,
     write reports/evaluation/ atomically; return the summary and the decision."""
-    from tasks import comparison, report
-    from tasks.registry import read_champion
-    from tasks.train import load_features, load_model
-
     features_dir, models_dir, out_dir = Path(features_dir), Path(models_dir), Path(out_dir)
-    p = params.evaluate
-    if "loo" not in p.protocols:
-        raise RecsysError("params.yaml: evaluate.protocols must include loo (the primary one)")
-    if p.primary_metric not in PRIMARY_METRICS:
-        raise RecsysError(
-            f"params.yaml: evaluate.primary_metric {p.primary_metric!r} is not one of "
-            + ", ".join(PRIMARY_METRICS)
-        )
-    if not (features_dir / "manifest.json").is_file():
-        raise RecsysError(f"{features_dir / 'manifest.json'}: not found; run `recsys features`")
+    _check_params(params)
     version = data_version(features_dir, dvc_file)
-    scored: dict[str, dict[str, Scored]] = {}
-    skipped: list[dict[str, str]] = []
-    primary_stats = None
-    for protocol in p.protocols:
-        names = trained_models(models_dir, protocol)
-        if not names:
-            if protocol == "loo":
-                raise RecsysError(f"{models_dir}: no trained model; run `recsys train` first")
-            print(f"evaluate: no model trained on the {protocol} protocol; skipped")
-            continue
-        data = load_features(features_dir, protocol)
-        stats = CatalogueStats(data)
-        primary_stats = stats if protocol == "loo" else primary_stats
-        scored[protocol] = {}
-        for name in names:
-            folder = model_dir(models_dir, name, protocol)
-            stale = _stale(folder, version["features_manifest_sha256"], protocol)
-            if stale:  # e.g. a model dropped from train.models before the data changed
-                print(f"evaluate: skipped {folder}: {stale}")
-                skipped.append({"model": name, "protocol": protocol, "reason": stale})
-                continue
-            net = load_model(folder, data, params.seed)
-            scored[protocol][name] = score_model(net, data, name, protocol, params, stats)
-            print(f"evaluate: {protocol} {name} in {scored[protocol][name].seconds:.2f} s")
-
-    if not scored["loo"]:
-        raise RecsysError(
-            f"{models_dir}: no model trained on these features; retrain (recsys train): "
-            + "; ".join(f"{s['model']} {s['reason']}" for s in skipped)
-        )
-    scored = {protocol: models for protocol, models in scored.items() if models}
+    scored, stats, skipped = score_all(features_dir, models_dir, version, params)
     cards = {
-        f"{protocol}/{kind}": protocol_card(protocol, kind, version, p, params.seed)
+        f"{protocol}/{kind}": protocol_card(
+            protocol, kind, version, params.evaluate.sampled_negatives, params.seed
+        )
         for protocol in scored
-        for kind in ("full", "sampled", "beyond")
+        for kind in CARD_KINDS
     }
     rows = metric_rows(scored, cards)
-    loo = scored["loo"]
-    primary = {name: s.full[p.primary_metric] for name, s in loo.items()}
-    registry = read_champion(Path(p.artifacts))
-    try:
-        champion, source = comparison.choose_champion(primary, registry, p)
-    except ValueError as exc:
-        raise RecsysError(f"evaluate: {exc}") from exc
     catalogue = _catalogue(features_dir, out_dir / "catalogue.json", version)
-    new_items = _new_item_rows(loo[champion].per_user, catalogue, features_dir)
-    stats = primary_stats
-    masks = comparison.segment_masks(
-        loo[champion].per_user, p, stats.head_threshold(p.segments.head_item_fraction), new_items
-    )
-    result = comparison.compare(
-        {name: s.per_user for name, s in loo.items()},
-        {name: s.beyond for name, s in loo.items()},
-        champion,
-        masks,
-        p,
-        params.seed,
-    )
-    result |= {"champion_source": source, "registry": registry, "data_version": version}
-    result["card"] = cards["loo/full"]
-    decision = {
-        "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "champion": champion,
-        "champion_source": source,
-        "primary": {"metric": p.primary_metric, "card": cards["loo/full"]},
-        "verdict": result["verdict"],
-        "evidence": [
-            {k: v for k, v in r.items() if k != "segments"} for r in result["challengers"]
-        ],
-        "guardrail_thresholds": dict(vars(p.guardrails)),
+    result, decision = decide(scored["loo"], stats, catalogue, features_dir, params)
+    result |= {"data_version": version, "card": cards["loo/full"]}
+    decision |= {
+        "primary": {"metric": params.evaluate.primary_metric, "card": cards["loo/full"]},
         "skipped_models": skipped,
         "data_version": version,
     }
@@ -419,29 +242,104 @@ def evaluate(
                 folder = tmp / "per_user" / protocol
                 folder.mkdir(parents=True, exist_ok=True)
                 s.per_user.write_parquet(folder / f"{name}.parquet")
-        report.write_plot_data(scored, stats, p.primary_metric, tmp / "plots")
+        report.write_plot_data(scored, stats, params.evaluate.primary_metric, tmp / "plots")
         write_json(result, tmp / "comparison.json")
         write_json(decision, tmp / "decision.json")
         write_json(catalogue, tmp / "catalogue.json")
         text = report.write_reports(
-            rows, result, scored, stats, tmp, p.bootstrap_samples, params.seed
+            rows, result, scored, stats, tmp, params.evaluate.bootstrap_samples, params.seed
         )
+    loo = scored["loo"]
     return {"models": {n: s.full for n, s in loo.items()}, "decision": decision, "report": text}
 
 
-def _stale(folder: Path, manifest_sha: str, protocol: str) -> str | None:
-    """Why a trained model cannot be scored on these features (None: it can). A model trained
-    on other features would score the wrong users and items."""
-    config = folder / "config.json"
+def _check_params(params: Params) -> None:
+    p = params.evaluate
+    if "loo" not in p.protocols:
+        raise RecsysError("params.yaml: evaluate.protocols must include loo (the primary one)")
+    if p.primary_metric not in PRIMARY_METRICS:
+        raise RecsysError(
+            f"params.yaml: evaluate.primary_metric {p.primary_metric!r} is not one of "
+            + ", ".join(PRIMARY_METRICS)
+        )
+
+
+def score_all(
+    features_dir: Path, models_dir: Path, version: dict[str, Any], params: Params
+) -> tuple[dict[str, dict[str, Scored]], CatalogueStats, list[dict[str, str]]]:
+    """Every trained model on these features, per protocol; the leave-one-out catalogue
+    figures; and the models skipped because they were trained on other features."""
+    scored: dict[str, dict[str, Scored]] = {}
+    skipped: list[dict[str, str]] = []
+    primary_stats = None
+    for protocol in params.evaluate.protocols:
+        names = trained_models(models_dir, protocol)
+        if not names:
+            if protocol == "loo":
+                raise RecsysError(f"{models_dir}: no trained model; run `recsys train` first")
+            print(f"evaluate: no model trained on the {protocol} protocol; skipped")
+            continue
+        data = load_features(features_dir, protocol)
+        stats = CatalogueStats(data)
+        primary_stats = stats if protocol == "loo" else primary_stats
+        scored[protocol] = {}
+        for name in names:
+            folder = model_dir(models_dir, name, protocol)
+            stale = staleness(folder, version["features_manifest_sha256"], protocol)
+            if stale:  # e.g. a model dropped from train.models before the data changed
+                print(f"evaluate: skipped {folder}: {stale}")
+                skipped.append({"model": name, "protocol": protocol, "reason": stale})
+                continue
+            net = load_model(folder, data)
+            scored[protocol][name] = score_model(net, data, name, protocol, params, stats)
+            print(f"evaluate: {protocol} {name} in {scored[protocol][name].seconds:.2f} s")
+    if not scored["loo"]:
+        raise RecsysError(
+            f"{models_dir}: no model trained on these features; retrain (recsys train): "
+            + "; ".join(f"{s['model']} {s['reason']}" for s in skipped)
+        )
+    return {protocol: m for protocol, m in scored.items() if m}, primary_stats, skipped
+
+
+def decide(
+    loo: dict[str, Scored],
+    stats: CatalogueStats,
+    catalogue: dict[str, Any],
+    features_dir: Path,
+    params: Params,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Champion vs challengers on the leave-one-out users: the comparison and the decision."""
+    p = params.evaluate
+    primary = {name: s.full[p.primary_metric] for name, s in loo.items()}
+    registry = read_champion(Path(p.artifacts))
     try:
-        recorded = json.loads(config.read_text())["data"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RecsysError(f"{config}: not a model config ({exc!r})") from exc
-    if recorded.get("manifest_sha256") != manifest_sha:
-        return "trained on other features"
-    if recorded.get("protocol", "loo") != protocol:
-        return f"trained on the {recorded.get('protocol')} protocol"
-    return None
+        champion, source = comparison.choose_champion(primary, registry, p)
+    except ValueError as exc:
+        raise RecsysError(f"evaluate: {exc}") from exc
+    new_items = _new_item_rows(loo[champion].per_user, catalogue, features_dir)
+    masks = comparison.segment_masks(
+        loo[champion].per_user, p, stats.head_threshold(p.segments.head_item_fraction), new_items
+    )
+    result = comparison.compare(
+        {name: s.per_user for name, s in loo.items()},
+        {name: s.beyond for name, s in loo.items()},
+        champion,
+        masks,
+        p,
+        params.seed,
+    )
+    result |= {"champion_source": source, "registry": registry}
+    decision = {
+        "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "champion": champion,
+        "champion_source": source,
+        "verdict": result["verdict"],
+        "evidence": [
+            {k: v for k, v in r.items() if k != "segments"} for r in result["challengers"]
+        ],
+        "guardrail_thresholds": dict(vars(p.guardrails)),
+    }
+    return result, decision
 
 
 def metric_rows(
@@ -495,8 +393,7 @@ def _metrics_json(scored: dict[str, dict[str, Scored]]) -> dict[str, Any]:
 
 def _catalogue(features_dir: Path, previous_file: Path, version: dict[str, Any]) -> dict:
     """This data version's items, and the last different version's (kept across runs)."""
-    items = pl.read_parquet(features_dir / "item_map.parquet")["item_id"].cast(pl.String)
-    current = {"data_version": version, "item_ids": sorted(items.to_list())}
+    current = {"data_version": version, "item_ids": sorted(item_ids(features_dir)[1:].tolist())}
     try:
         before = json.loads(previous_file.read_text())
     except (OSError, ValueError):
@@ -513,7 +410,5 @@ def _new_item_rows(
     if not catalogue.get("previous"):
         return None
     known = set(catalogue["previous"]["item_ids"])
-    item_map = pl.read_parquet(features_dir / "item_map.parquet")
-    ids = np.empty(int(item_map["item_idx"].max()) + 1, dtype=object)
-    ids[item_map["item_idx"].to_numpy()] = item_map["item_id"].cast(pl.String).to_list()
+    ids = item_ids(features_dir)
     return np.array([ids[t] not in known for t in per_user["target"].to_numpy()], dtype=bool)

@@ -4,15 +4,17 @@ An artifact is everything the server needs and nothing it must not need: ONNX gr
 .npy scores), the id maps, each known user's history, item metadata for filters, and a
 manifest.json that names every file with its sha256. The server never imports torch.
 
-What a family exports (manifest "scorer" says how the server turns a request into scores):
-- sasrec, gru4rec ("onnx_scores"): model.onnx, a left-padded int64 `history` [batch, seq]
-  (both axes dynamic, seq <= max_seq_len) -> `scores` [batch, n_items+1]; user_embedding.onnx
+What a model exports follows its registry entry's export form (recsys_models/spec.py; the
+manifest's "scorer" says how the server turns a request into scores):
+- history_graph ("onnx_scores"): model.onnx, a left-padded int64 `history` [batch, seq] (both
+  axes dynamic, seq <= max_seq_len) -> `scores` [batch, n_items+1]; user_embedding.onnx
   (history -> user vector) and item_embeddings.npy, whose dot product is the same score.
-- two_tower ("dot"): user_embedding.onnx (history, user) -> user vector; item_embeddings.npy
+- embeddings ("dot"): user_embedding.onnx (history, user) -> user vector; item_embeddings.npy
   from the item tower; scores = user vector @ item_embeddings.T. `user` is the user_idx whose
   features the graph looks up (0 = unknown user: no features).
-- popularity ("static"): scores.npy, the same scores for everyone.
-- any other model with score(users, history) ("onnx_scores"): model.onnx (history, user).
+- score_vector ("static"): scores.npy, the same scores for everyone.
+- score_graph and neighbours ("onnx_scores"): model.onnx (history, user) -> scores; the model's
+  item vectors too where its entry names them (for similar items).
 
 VERSION is `YYYYMMDDTHHMMSSZ-<first 8 hex of the weights' sha256>` (UTC): it sorts by export
 time as a string, and says which weights it holds. The version folder is built under a
@@ -39,31 +41,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
+import onnx
+import onnxruntime
 import torch
 from torch import nn
 
+from recsys_models.spec import (
+    EMBEDDINGS,
+    HISTORY_GRAPH,
+    NEIGHBOURS,
+    SCORE_VECTOR,
+    ModelSpec,
+)
+from tasks import model_store
 from tasks.errors import RecsysError
+from tasks.feature_store import (
+    full_histories,
+    load_features,
+    manifest_sha256,
+    raw_md5,
+    serving_files,
+)
 from tasks.io import file_sha256, staged_dir
 
 FORMAT_VERSION = 1
 OPSET = 17
 PARITY_ATOL = 1e-4
 PARITY_TOP10 = 0.999
-SEQUENCE_MODELS = ("sasrec", "gru4rec")
-# Families whose scores depend on the user id alone (the history argument is ignored): the
-# server can only serve them for known users, and falls back to popularity for a bare history.
-USER_ONLY_MODELS = ("bpr_mf", "als", "rating_mf", "neumf", "userknn")
-# Item vectors of families that have them (for /items/{id}/similar), by state-dict name.
-ITEM_VECTORS = {"bpr_mf": "item_emb.weight", "als": "item_factors"}
-FEATURE_FILES = {
-    "item_map.parquet": "item_map.parquet",
-    "user_map.parquet": "user_map.parquet",
-    "items/items.parquet": "items.parquet",
-    "items/genres.json": "genres.json",
-    "items/popularity.npy": "popularity.npy",
-}
-
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (history, users) -> scores
 
 
@@ -78,14 +82,20 @@ def export(
     data_dvc: Path | None = Path("data.dvc"),
 ) -> dict[str, Any]:
     """Export models/<name>/ into artifacts/<name>/<version>/; return its manifest."""
-    from tasks.train import load_features, load_model
-
-    model_dir = Path(models_dir) / name
+    model_dir = model_store.model_dir(models_dir, name)
     features_dir, artifacts_dir = Path(features_dir), Path(artifacts_dir)
+    config = model_store.read_record(model_dir)
+    features_sha = manifest_sha256(features_dir)
+    trained_on = config["data"].get("manifest_sha256")
+    if trained_on != features_sha or config["data"].get("protocol", "loo") != "loo":
+        raise RecsysError(
+            f"export {name}: {model_dir} was trained on features {str(trained_on)[:12]}, "
+            f"{features_dir} holds {features_sha[:12]} (or another protocol); retrain first"
+        )
     data = load_features(features_dir)
-    net = load_model(model_dir, data)
-    config = json.loads((model_dir / "config.json").read_text())
+    net = model_store.load_model(model_dir, data)
     family = config["model"]
+    spec = model_store.spec(family)
     version = make_version(config["weights_sha256"])
     out = artifacts_dir / name / version
     if out.exists():
@@ -93,7 +103,7 @@ def export(
 
     try:
         with staged_dir(out) as tmp, torch.no_grad():
-            graphs, scorer = _write_graphs(family, net, data, tmp)
+            graphs, scorer = _write_graphs(spec, net, data, tmp)
             users, rows = held_out_rows(data.test_input, data.test_target, parity_users, seed)
             parity = check_parity(_eager_scorer(net), scorer, rows, users)
             if not parity["passed"]:
@@ -114,7 +124,7 @@ def export(
                 "version": version,
                 "created_at": _utc_now(),
                 "scorer": graphs.pop("scorer"),
-                "uses_history": family not in USER_ONLY_MODELS,
+                "uses_history": spec.uses_history,
                 "max_seq_len": int(data.max_seq_len),
                 "n_users": int(data.n_users),
                 "n_items": int(data.n_items),
@@ -124,8 +134,8 @@ def export(
                 "metrics": _read_json(model_dir / "metrics.json"),
                 "params": config,
                 "data": {
-                    "features_manifest_sha256": file_sha256(features_dir / "manifest.json"),
-                    "data_dvc_md5": _dvc_md5(data_dvc),
+                    "features_manifest_sha256": features_sha,
+                    "data_dvc_md5": raw_md5(data_dvc) if data_dvc else None,
                 },
                 "git_commit": git_commit(),
                 "parity": parity,
@@ -152,8 +162,9 @@ def make_version(weights_sha256: str, now: dt.datetime | None = None) -> str:
 # --- graphs -----------------------------------------------------------------------------------
 
 
-def _write_graphs(family: str, net: Any, data: Any, out: Path) -> tuple[dict[str, Any], Scorer]:
-    """Write the family's graphs and arrays; return their description and the ORT scorer."""
+def _write_graphs(spec: ModelSpec, net: Any, data: Any, out: Path) -> tuple[dict[str, Any], Scorer]:
+    """Write the model's graphs and arrays (by its export form); return their description and
+    the onnxruntime scorer parity is checked on."""
     n_scores = data.n_items + 1
     example = torch.as_tensor(data.test_input[1:3], dtype=torch.long)
     example_users = torch.tensor([1, 2], dtype=torch.long)
@@ -161,13 +172,13 @@ def _write_graphs(family: str, net: Any, data: Any, out: Path) -> tuple[dict[str
     user = _io("user", "int64", ["batch"])
     scores = _io("scores", "float32", ["batch", n_scores])
 
-    if family == "popularity":
+    if spec.export == SCORE_VECTOR:
         static = net.score(example_users[:1], example[:1])[0].numpy().astype(np.float32)
         np.save(out / "scores.npy", static)
         graphs = {"scorer": "static", "scores.npy": {"shape": [n_scores]}}
         return graphs, lambda h, u: np.broadcast_to(static, (len(h), n_scores)).copy()
 
-    if family in SEQUENCE_MODELS:
+    if spec.export == HISTORY_GRAPH:
         dim = int(net.item_emb.weight.shape[1])
         vector = _io("user_embedding", "float32", ["batch", dim])
         onnx_export(_Scores(net, False), (example,), out / "model.onnx", [history], [scores])
@@ -182,7 +193,7 @@ def _write_graphs(family: str, net: Any, data: Any, out: Path) -> tuple[dict[str
         }
         return graphs, lambda h, u: session.run(None, {"history": h})[0]
 
-    if family == "two_tower":
+    if spec.export == EMBEDDINGS:
         items = net.item_embeddings()
         dim = int(items.shape[1])
         vector = _io("user_embedding", "float32", ["batch", dim])
@@ -202,20 +213,18 @@ def _write_graphs(family: str, net: Any, data: Any, out: Path) -> tuple[dict[str
         }
         return graphs, lambda h, u: run(session, h, u) @ item_matrix.T
 
-    if not hasattr(net, "score"):
-        raise RecsysError(f"export: {family} has no score(users, history) to export")
     # ItemKNN's sparse index_put_(accumulate=True) exports as a ScatterND that overwrites
     # instead of adding; its dense equivalent (a history row times the similarity matrix) is
     # the same sum and exports exactly.
-    wrapper = _DenseItemKNN(net) if family == "itemknn" else _Scores(net, True)
+    wrapper = _DenseItemKNN(net) if spec.export == NEIGHBOURS else _Scores(net, True)
     onnx_export(wrapper, (example, example_users), out / "model.onnx", [history, user], [scores])
     session = ort_session(out / "model.onnx")
     graphs = {
         "scorer": "onnx_scores",
         "model.onnx": {"inputs": used(session, [history, user]), "outputs": [scores]},
     }
-    if family in ITEM_VECTORS:
-        vectors = net.state_dict()[ITEM_VECTORS[family]]
+    if spec.item_vectors:
+        vectors = net.state_dict()[spec.item_vectors]
         _save_items(out, vectors)
         graphs["item_embeddings.npy"] = {"shape": list(vectors.shape)}
     return graphs, lambda h, u: run(session, h, u)
@@ -282,13 +291,11 @@ def onnx_export(
 
 def ort_session(path: Path, threads: int = 1) -> Any:
     """An onnxruntime CPU session, single-threaded by default (as the server runs it)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
+    options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class _Scores(nn.Module):
@@ -442,29 +449,12 @@ def measure_latency(scorer: Scorer, history: np.ndarray, users: np.ndarray, call
 
 
 def _copy_features(features_dir: Path, out: Path, data: Any) -> None:
-    for source, target in FEATURE_FILES.items():
-        shutil.copyfile(features_dir / source, out / target)
-    if data.user_features is not None:
-        shutil.copyfile(features_dir / "users/user_features.npy", out / "user_features.npy")
+    for source, name in serving_files(features_dir, data.user_features is not None).items():
+        shutil.copyfile(source, out / name)
     indptr, items = full_histories(features_dir, data.n_users)
     np.save(out / "seen_indptr.npy", indptr)
     np.save(out / "seen_items.npy", items)
     np.save(out / "histories.npy", last_items(indptr, items, data.max_seq_len))
-
-
-def full_histories(features_dir: Path, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr, items) of every user's whole leave-one-out history in time order:
-    training rows, then the validation item, then the test item (what a live user has done)."""
-    frames = [
-        pl.read_parquet(features_dir / f"loo/{split}.parquet", columns=["user_idx", "item_idx"])
-        .with_row_index("row")
-        .with_columns(pl.lit(part).alias("part"))
-        for part, split in enumerate(("train", "val", "test"))
-    ]
-    rows = pl.concat(frames).sort(["user_idx", "part", "row"])
-    users = rows["user_idx"].to_numpy().astype(np.int64)
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=n_users + 1))])
-    return indptr.astype(np.int64), rows["item_idx"].to_numpy().astype(np.int64)
 
 
 def last_items(indptr: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:
@@ -494,18 +484,6 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _dvc_md5(path: Path | None) -> str | None:
-    if path is None or not Path(path).is_file():
-        return None
-    import yaml
-
-    try:
-        outs = yaml.safe_load(Path(path).read_text()).get("outs") or []
-        return outs[0].get("md5") if outs else None
-    except (yaml.YAMLError, AttributeError, TypeError):
-        return None
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -514,9 +492,6 @@ def _read_json(path: Path) -> Any:
 
 
 def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
     return {
         "torch": torch.__version__,
         "onnx": onnx.__version__,

@@ -42,6 +42,7 @@ from tasks.schema import (
     conform_interactions,
     conform_items,
 )
+from tasks.sequences import padded_tail, rank_from_end
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -282,16 +283,10 @@ def contiguous_map(
     return table, lookup
 
 
-def _rank_from_end(users: np.ndarray, n_users: int) -> np.ndarray:
-    """Per row of a user-sorted array: 0 for the user's last row, 1 for the one before, ..."""
-    ends = np.cumsum(np.bincount(users, minlength=n_users + 1))
-    return ends[users] - 1 - np.arange(len(users))
-
-
 def loo_labels(users: np.ndarray, n_users: int) -> tuple[np.ndarray, int]:
     """Leave-one-out split per row (rows sorted by user, time, source order); users too short."""
     counts = np.bincount(users, minlength=n_users + 1)
-    from_end = _rank_from_end(users, n_users)
+    from_end = rank_from_end(users, n_users)
     eligible = counts[users] >= 3
     labels = np.full(len(users), TRAIN, dtype=np.int8)
     labels[eligible & (from_end == 1)] = VAL
@@ -329,18 +324,6 @@ def _write_splits(frame: pl.DataFrame, labels: np.ndarray, folder: Path) -> dict
         write_parquet(part, folder / f"{name}.parquet")
         sizes[name] = part.height
     return sizes
-
-
-def padded_tail(users: np.ndarray, items: np.ndarray, n_users: int, max_len: int) -> np.ndarray:
-    """[n_users + 1, max_len] int32: each user's last max_len items, left-padded with 0.
-
-    Rows must be sorted by user then time; one scatter instead of a loop over users.
-    """
-    from_end = _rank_from_end(users, n_users)
-    shown = from_end < max_len
-    out = np.zeros((n_users + 1, max_len), dtype=np.int32)
-    out[users[shown], max_len - 1 - from_end[shown]] = items[shown]
-    return out
 
 
 def _targets(users: np.ndarray, items: np.ndarray, n_users: int) -> np.ndarray:

@@ -27,8 +27,9 @@ from typing import Any
 import polars as pl
 
 from tasks.errors import RecsysError
-from tasks.ingest import SUFFIXES, first_line
+from tasks.ingest import SUFFIXES
 from tasks.io import atomic_path
+from tasks.readers import first_line
 
 APPENDABLE = ("csv", "parquet")
 INCOMING_SUFFIXES = (".parquet", ".pq", ".csv")

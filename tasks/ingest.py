@@ -7,10 +7,6 @@ Rows keep their source order: the features stage breaks timestamp ties by it.
 
 from __future__ import annotations
 
-import contextlib
-import zipfile
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +15,14 @@ import polars as pl
 
 from tasks.errors import RecsysError
 from tasks.io import staged_dir, write_parquet
+from tasks.movielens import read_movielens
+from tasks.readers import (
+    Tables,
+    check_columns,
+    read_text,
+    reading,
+    require_file,
+)
 from tasks.schema import (
     INTERACTIONS_FILE,
     ITEMS_FILE,
@@ -54,15 +58,6 @@ class ColumnMap:
     item: str | None = None
     time: str | None = None
     rating: str | None = None
-
-
-@dataclass(frozen=True)
-class Tables:
-    """What a reader found: interactions always, items and users where the source has them."""
-
-    interactions: pl.DataFrame
-    items: pl.DataFrame | None = None
-    users: pl.DataFrame | None = None
 
 
 def ingest(
@@ -113,9 +108,6 @@ def _check_options(source: str, columns: ColumnMap, sep: str | None) -> None:
 
 def _read(source: str, path: Path, columns: ColumnMap, sep: str | None) -> Tables:
     if source in MOVIELENS_SOURCES:
-        # Imported here: tasks.movielens builds on this module's reading helpers.
-        from tasks.movielens import read_movielens
-
         return read_movielens(source, path)
     file = _single_file(path, source)
     if source == "csv":
@@ -138,87 +130,6 @@ def _single_file(path: Path, source: str) -> Path:
             f"pass the {source} file itself"
         )
     return found[0]
-
-
-# ---- reading helpers shared with tasks.movielens -------------------------------------------
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-@contextlib.contextmanager
-def reading(file: Path) -> Iterator[None]:
-    """Turn a library's error while reading `file` into one line that names it."""
-    try:
-        yield
-    except RecsysError:
-        raise
-    except zipfile.BadZipFile as exc:
-        raise RecsysError(f"{file}: not a valid zip file (truncated or corrupt?)") from exc
-    except UnicodeDecodeError as exc:
-        raise RecsysError(
-            f"{file}: not valid {exc.encoding} text (byte {exc.start}: {first_line(exc)})"
-        ) from exc
-    except (pl.exceptions.PolarsError, OSError, EOFError, zlib.error) as exc:
-        raise RecsysError(f"{file}: cannot read: {first_line(exc)}") from exc
-
-
-def require_file(file: Path) -> Path:
-    if not file.is_file():
-        raise RecsysError(f"{file}: no such file")
-    if file.stat().st_size == 0:
-        raise RecsysError(f"{file}: file is empty")
-    return file
-
-
-def read_text(file: Path, encoding: str = "utf-8") -> str:
-    require_file(file)
-    with reading(file):
-        text = file.read_bytes().decode(encoding)
-    if not text.strip():
-        raise RecsysError(f"{file}: file is empty")
-    return text
-
-
-def read_delimited(
-    file: Path, sep: str, names: list[str] | None = None, encoding: str = "utf-8"
-) -> pl.DataFrame:
-    """Read delimited text as String columns, with a header row when `names` is None.
-
-    Strings first so that ids keep their exact spelling ("007" stays "007"); callers cast the
-    rest. `sep` may be longer than one character (MovieLens-1M's `::`).
-    """
-    text = read_text(file, encoding)
-    if names is not None:
-        line = text.split("\n", 1)[0].rstrip("\r")
-        fields = line.count(sep) + 1
-        if fields != len(names):
-            raise RecsysError(
-                f"{file}: expected {len(names)} fields separated by {sep!r}, "
-                f"found {fields} in line 1: {line[:80]!r}"
-            )
-    if len(sep) > 1:
-        text, sep = text.replace(sep, "\x1f"), "\x1f"
-    with reading(file):
-        return pl.read_csv(
-            text.encode(),
-            separator=sep,
-            has_header=names is None,
-            new_columns=names,
-            infer_schema=False,
-            quote_char=None,
-        )
-
-
-def check_columns(file: Path, found: list[str], needed: list[str], hint: str = "") -> None:
-    missing = [name for name in needed if name not in found]
-    if missing:
-        shown = ", ".join(repr(name) for name in found[:20]) + (" ..." if len(found) > 20 else "")
-        raise RecsysError(
-            f"{file}: missing column(s) {', '.join(missing)}; columns found: {shown}{hint}"
-        )
 
 
 # ---- generic sources: csv, parquet, seq ----------------------------------------------------

@@ -26,14 +26,14 @@ from pathlib import Path, PurePosixPath
 import polars as pl
 
 from tasks.errors import RecsysError
-from tasks.ingest import (
+from tasks.io import atomic_path, file_sha256, staged_dir, write_json
+from tasks.readers import (
     Tables,
     check_columns,
     read_delimited,
     reading,
     require_file,
 )
-from tasks.io import atomic_path, file_sha256, staged_dir, write_json
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from recsys_models.registry import model_names
 from tasks.errors import RecsysError
 
 
@@ -54,18 +55,17 @@ class FeaturesParams:
     year_bucket_size: int = 10
 
 
-# What the Prefect flow trains by default; MODEL_NAMES is every model the train stage knows.
+# What the Prefect flow trains when params.yaml does not say; every name is in the registry.
 DEMO_MODELS = ("popularity", "itemknn", "bpr_mf", "sasrec", "two_tower")
-CLASSIC_MODELS = ("content_based", "userknn", "ease", "als", "rating_mf", "neumf", "gru4rec")
-MODEL_NAMES = DEMO_MODELS + CLASSIC_MODELS
 
 
 @dataclass(frozen=True)
 class TrainParams:
     """Trainer settings shared by every model, and one section of hyper-parameters per model.
 
-    A model's section is kept as a plain mapping here and checked against that model's own
-    `Config` by the train stage, so reading params.yaml never has to import torch.
+    params.yaml's `train.<name>` for a registered model (recsys_models/registry.py) lands in
+    `sections`, kept as a plain mapping: the train stage checks it against that model's own
+    `Config`, so reading params.yaml never has to import torch.
     """
 
     out: str = "models"
@@ -80,18 +80,11 @@ class TrainParams:
     workers: int = 2  # models trained at once when parallel
     dask_address: str = ""  # an existing Dask scheduler (tcp://host:8786); empty: local cluster
     precision: str = "auto"  # "auto": bf16-mixed on a GPU, 32-true on CPU; or any Lightning value
-    popularity: dict[str, Any] = field(default_factory=dict)
-    itemknn: dict[str, Any] = field(default_factory=dict)
-    bpr_mf: dict[str, Any] = field(default_factory=dict)
-    sasrec: dict[str, Any] = field(default_factory=dict)
-    two_tower: dict[str, Any] = field(default_factory=dict)
-    content_based: dict[str, Any] = field(default_factory=dict)
-    userknn: dict[str, Any] = field(default_factory=dict)
-    ease: dict[str, Any] = field(default_factory=dict)
-    als: dict[str, Any] = field(default_factory=dict)
-    rating_mf: dict[str, Any] = field(default_factory=dict)
-    neumf: dict[str, Any] = field(default_factory=dict)
-    gru4rec: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """params.yaml `train.<name>`: the model's Config fields ({} where none are set)."""
+        return dict(self.sections.get(name) or {})
 
 
 @dataclass(frozen=True)
@@ -139,6 +132,8 @@ class Params:
 def _build(cls: type, data: Any, where: str, source: str) -> Any:
     if not isinstance(data, dict):
         raise RecsysError(f"{source}: {where or 'top level'} must be a mapping, got {data!r}")
+    if cls is TrainParams:
+        data = _with_sections(data, where, source)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
@@ -153,6 +148,24 @@ def _build(cls: type, data: Any, where: str, source: str) -> Any:
         else:
             values[name] = _coerce(hint, value, key, source)
     return cls(**values)
+
+
+def _with_sections(data: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+    """train: the registered models' sections gathered under `sections`; every name in
+    train.models must be a registered model."""
+    names = model_names()
+    sections = {}
+    for name in [key for key in data if key in names]:
+        if not isinstance(data[name] or {}, dict):
+            raise RecsysError(f"{source}: {where}.{name} must be a mapping, got {data[name]!r}")
+        sections[name] = dict(data[name] or {})
+    for name in data.get("models") or ():
+        if name not in names:
+            raise RecsysError(
+                f"{source}: {where}.models: unknown model {name!r}; choose from {', '.join(names)}"
+            )
+    rest = {key: value for key, value in data.items() if key not in names}
+    return rest | ({"sections": sections} if sections else {})
 
 
 def build_config(cls: type, data: Any, where: str, source: str = "params.yaml") -> Any:

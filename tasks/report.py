@@ -14,9 +14,15 @@ import io
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
+import polars as pl
 
-from tasks.evaluate import HISTORY_BUCKETS, KS, same_protocol
+from tasks.comparison import bootstrap_interval
+from tasks.protocol import HISTORY_BUCKETS, KS, same_protocol
+
+matplotlib.use("Agg")  # no display: the report's plots are PNG files
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 
 # The first column orders a table: NDCG@10, the default primary metric, then the rest.
 FULL_COLUMNS = ["ndcg@10", "hr@10", "mrr", "auc", "ndcg@5", "ndcg@20", "hr@5", "hr@20"]
@@ -160,13 +166,6 @@ def _png(fig) -> str:
 
 def plots(scored, stats, result: dict[str, Any], bootstrap_samples: int, seed: int) -> dict:
     """Metric bars with 95% intervals, NDCG@10 by history length, the popularity-bias curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tasks.comparison import bootstrap_interval
-
     metric = result["primary_metric"]
     loo = scored["loo"]
     names = sorted(loo, key=lambda n: -loo[n].full[metric])
@@ -277,8 +276,6 @@ def write_reports(
 
 def write_plot_data(scored, stats, metric: str, folder: Path) -> None:
     """CSV files `dvc plots show` draws: one per model, so each model is a line."""
-    import polars as pl
-
     for protocol, models in scored.items():
         for name, s in models.items():
             history = folder / "by_history" / protocol

@@ -132,10 +132,10 @@ def synthetic_features(
 
     `users`, a polars frame, becomes the interim users.parquet (for user-feature tests).
     """
+    from tasks.feature_store import load_features
     from tasks.features import build_features
     from tasks.params import FeaturesParams
     from tasks.synth import synthesize
-    from tasks.train import load_features
 
     synthesize(root / "interim", n_users, n_items, n_interactions, seed=seed)
     if users is not None:

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -25,10 +26,17 @@ from recsys_models import (
 )
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.metrics import evaluate
+from recsys_models.registry import model_names
+from tasks import feature_store, model_store
 from tasks import train as train_stage
-from tasks.params import CLASSIC_MODELS, load_params
+from tasks.errors import RecsysError
+from tasks.features import build_features
+from tasks.params import DEMO_MODELS, FeaturesParams, load_params
+from tasks.synth import synthesize
 from tests.conftest import quiet_trainer, synthetic_features
 
+# The families beside the flow's default models (params.yaml train.models).
+CLASSIC_MODELS = tuple(name for name in model_names() if name not in DEMO_MODELS)
 PADDED = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 7], [0, 3, 9, 1], [5, 2, 8, 11]])
 
 
@@ -41,7 +49,7 @@ def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(features: Path) -> FeatureData:
-    return train_stage.load_features(features)
+    return feature_store.load_features(features)
 
 
 @pytest.fixture(scope="module")
@@ -357,19 +365,12 @@ def test_every_classic_model_trains_saves_and_reloads(name, features, data, tmp_
     out = tmp_path / name
     metrics = train_stage.train(name, features, out, params)
     assert 0 < metrics["ndcg@10"] <= 1 and metrics["users"] == data.n_users
-    reloaded = train_stage.load_model(out, data)
+    reloaded = model_store.load_model(out, data)
     again = train_stage.evaluate_model(reloaded, data, "val", accelerator="cpu")
     assert again["ndcg@10"] == pytest.approx(metrics["ndcg@10"])
 
 
 def test_rating_mf_on_a_source_without_ratings_is_a_one_line_error(tmp_path):
-    import polars as pl
-
-    from tasks.errors import RecsysError
-    from tasks.features import build_features
-    from tasks.params import FeaturesParams
-    from tasks.synth import synthesize
-
     synthesize(tmp_path / "interim", 60, 40, 900, seed=1)
     interactions = tmp_path / "interim" / "interactions.parquet"
     frame = pl.read_parquet(interactions)
@@ -377,7 +378,7 @@ def test_rating_mf_on_a_source_without_ratings_is_a_one_line_error(tmp_path):
         interactions
     )
     build_features(tmp_path / "interim", tmp_path / "features", FeaturesParams(), 0, None)
-    assert train_stage.load_features(tmp_path / "features").train_ratings is None
+    assert feature_store.load_features(tmp_path / "features").train_ratings is None
     params = load_params(tmp_path / "absent.yaml", {"train.accelerator": "cpu"})
-    with pytest.raises(RecsysError, match="explicit ratings"):
+    with pytest.raises(RecsysError, match="rating_mf needs ratings on every training row"):
         train_stage.train("rating_mf", tmp_path / "features", tmp_path / "out", params)

@@ -16,9 +16,12 @@ import torch
 from recsys_models.metrics import set_metrics, target_positions
 from tasks.comparison import bootstrap_interval, compare, paired_stats
 from tasks.errors import RecsysError
-from tasks.evaluate import evaluate, model_dir, same_protocol
+from tasks.evaluate import evaluate
+from tasks.feature_store import load_features
+from tasks.model_store import model_dir
 from tasks.params import EvaluateParams, GuardrailParams, Params, TrainParams
-from tasks.train import load_features, train
+from tasks.protocol import same_protocol
+from tasks.train import train
 from tests.conftest import synthetic_features
 
 # --- metrics with several targets --------------------------------------------------------------

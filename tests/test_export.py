@@ -14,10 +14,10 @@ import polars as pl
 import pytest
 import torch
 
+from cli.main import main
 from tasks import export as export_stage
-from tasks import registry
+from tasks import feature_store, model_store, registry
 from tasks import train as train_stage
-from tasks.cli import main
 from tasks.errors import RecsysError
 from tasks.io import file_sha256
 from tasks.params import FeaturesParams, load_params
@@ -72,8 +72,8 @@ def folder(setup: dict, name: str) -> Path:
 
 
 def eager_model(setup: dict, name: str):
-    data = train_stage.load_features(setup["features"])
-    return data, train_stage.load_model(setup["root"] / "models" / name, data)
+    data = feature_store.load_features(setup["features"])
+    return data, model_store.load_model(setup["root"] / "models" / name, data)
 
 
 def histories(data) -> np.ndarray:
@@ -165,7 +165,7 @@ def test_popularity_is_a_static_score_vector(setup: dict):
 
 
 def test_known_users_histories_end_with_their_test_item(setup: dict):
-    data = train_stage.load_features(setup["features"])
+    data = feature_store.load_features(setup["features"])
     out = folder(setup, "sasrec")
     full = np.load(out / "histories.npy")
     assert full.shape == data.test_input.shape

@@ -13,7 +13,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks import cli, movielens
+from cli import main as cli
+from tasks import movielens
 from tasks.errors import RecsysError
 from tasks.ingest import SOURCES, ColumnMap, ingest
 from tasks.schema import INTERACTIONS, ITEMS

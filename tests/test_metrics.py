@@ -10,23 +10,35 @@ import torch
 
 from recsys_models.data import EvalDataset, FeatureData, eval_loader
 from recsys_models.metrics import (
-    auc,
+    KS,
     evaluate,
     evaluate_batch,
-    per_user_metrics,
     sample_negatives,
+    sampled_metrics,
     sampled_ranks,
-    target_ranks,
-    target_ranks_and_candidates,
+    set_metrics,
+    target_positions,
 )
 
 NAN, INF = float("nan"), float("inf")
 
 
-def ranks(scores, targets, seen=()):
+def positions_and_beaten(scores, targets, seen=()):
+    """target_positions of one target per row (as validation ranks them)."""
     rows = torch.tensor([r for r, _ in seen], dtype=torch.int64)
     cols = torch.tensor([c for _, c in seen], dtype=torch.int64)
-    return target_ranks(torch.tensor(scores), torch.tensor(targets), rows, cols).tolist()
+    targets = torch.tensor(targets)[:, None]
+    return target_positions(torch.tensor(scores), targets, rows, cols)
+
+
+def ranks(scores, targets, seen=()):
+    return [int(p) for p in positions_and_beaten(scores, targets, seen)[0][:, 0].tolist()]
+
+
+def single_target_metrics(ranks_: list[int], ks=KS) -> dict[str, torch.Tensor]:
+    """set_metrics of users with one target each at the given ranks."""
+    positions = torch.tensor(ranks_, dtype=torch.float32)[:, None]
+    return set_metrics(positions, torch.full_like(positions, NAN), ks)
 
 
 def test_rank_counts_higher_scored_unseen_items():
@@ -64,8 +76,8 @@ def test_nan_and_minus_inf_targets_rank_last_among_candidates_only():
     assert ranks([[0.0, NAN, 0.2, NAN]], [2]) == [1]
 
 
-def test_per_user_metrics_match_the_formulas():
-    m = per_user_metrics(torch.tensor([1, 2, 5, 6, 11, 25]))
+def test_single_target_metrics_match_the_formulas():
+    m = single_target_metrics([1, 2, 5, 6, 11, 25])
     assert m["hr@5"].tolist() == [1, 1, 1, 0, 0, 0]
     assert m["hr@10"].tolist() == [1, 1, 1, 1, 0, 0]
     assert m["hr@20"].tolist() == [1, 1, 1, 1, 1, 0]
@@ -169,21 +181,59 @@ def test_evaluation_scores_in_full_precision_even_under_autocast():
 def test_auc_precision_and_recall_match_hand_computed_values():
     # Items 1..5; user 0 has seen item 1, so items 2, 4, 5 compete with target 3 (score 0.5):
     # item 4 scores higher, item 5 ties (a loss), item 2 lower -> rank 3, AUC 1/3.
-    scores = torch.tensor([[0.0, 0.9, 0.1, 0.5, 0.7, 0.5]])
-    rank, candidates = target_ranks_and_candidates(
-        scores, torch.tensor([3]), torch.tensor([0]), torch.tensor([1])
-    )
-    assert rank.tolist() == [3] and candidates.tolist() == [3]
-    assert auc(rank, candidates).tolist() == pytest.approx([1 / 3])
-    metrics = per_user_metrics(rank, ks=(1, 5))
+    scores = [[0.0, 0.9, 0.1, 0.5, 0.7, 0.5]]
+    positions, beaten = positions_and_beaten(scores, [3], seen=[(0, 1)])
+    assert positions.tolist() == [[3.0]]
+    assert beaten.tolist() == [[pytest.approx(1 / 3)]]  # 1 of the 3 candidates beaten
+    metrics = set_metrics(positions, beaten, ks=(1, 5))
+    assert metrics["auc"].tolist() == [pytest.approx(1 / 3)]
     assert metrics["precision@5"].tolist() == [pytest.approx(0.2)]
     assert metrics["recall@5"].tolist() == [1.0]
     assert metrics["precision@1"].tolist() == [0.0] and metrics["recall@1"].tolist() == [0.0]
 
 
 def test_auc_is_one_for_a_target_above_every_candidate_and_zero_below():
-    ranks_, candidates = torch.tensor([1, 5]), torch.tensor([4, 4])
-    assert auc(ranks_, candidates).tolist() == [1.0, 0.0]
+    # Four candidates (items 1, 2, 4, 5) around target 3: above all of them, then below all.
+    scores = [[0.0, 0.1, 0.2, 0.9, 0.3, 0.4], [0.0, 0.6, 0.7, 0.1, 0.8, 0.9]]
+    positions, beaten = positions_and_beaten(scores, [3, 3])
+    assert positions.tolist() == [[1.0], [5.0]]
+    assert set_metrics(positions, beaten)["auc"].tolist() == [1.0, 0.0]
+
+
+def test_validation_metrics_have_every_key_of_each_k():
+    scores = torch.tensor([[0.0, 0.3, 0.2, 0.1]])
+    batch = {
+        "user": torch.tensor([0]),
+        "history": torch.zeros(1, 2, dtype=torch.int64),
+        "target": torch.tensor([2]),
+        "seen_rows": torch.zeros(0, dtype=torch.int64),
+        "seen_cols": torch.zeros(0, dtype=torch.int64),
+    }
+    metrics = evaluate_batch(lambda users, history: scores, batch)
+    names = ("hr", "recall", "precision", "ndcg")
+    assert set(metrics) == {f"{n}@{k}" for n in names for k in KS} | {"mrr", "auc"}
+    assert metrics["mrr"].tolist() == [0.5] and metrics["auc"].tolist() == [0.5]
+
+
+def test_sampled_metrics_average_each_targets_own_metrics():
+    # User 0: valid targets at ranks 1 and 3 (the 50 is no target). User 1: one valid target at
+    # rank 12 (the 7 and 2 are no targets: they must not count). User 2: no target at all.
+    ranks_ = torch.tensor([[1, 3, 50], [12, 7, 2], [1, 1, 1]])
+    valid = torch.tensor([[True, True, False], [True, False, False], [False, False, False]])
+    m = sampled_metrics(ranks_, valid)
+    assert set(m) == {f"{n}@{k}" for n in ("hr", "ndcg") for k in KS} | {"mrr"}
+    assert m["hr@5"].tolist() == [1.0, 0.0, 0.0]
+    assert m["hr@10"].tolist() == [1.0, 0.0, 0.0]
+    assert m["hr@20"].tolist() == [1.0, 1.0, 0.0]
+    # NDCG of one target at rank r is 1 / log2(r + 1): 1 and 0.5 for ranks 1 and 3.
+    assert m["ndcg@5"].tolist() == pytest.approx([0.75, 0.0, 0.0])
+    assert m["ndcg@10"].tolist() == pytest.approx([0.75, 0.0, 0.0])
+    assert m["ndcg@20"].tolist() == pytest.approx([0.75, 1 / math.log2(13), 0.0])
+    assert m["mrr"].tolist() == pytest.approx([(1 + 1 / 3) / 2, 1 / 12, 0.0])
+    # Unlike set_metrics over a user's targets together, a target does not push another down:
+    # two targets both at rank 1 each score 1.
+    both_first = sampled_metrics(torch.tensor([[1, 1]]), torch.tensor([[True, True]]))
+    assert both_first["hr@5"].tolist() == [1.0] and both_first["mrr"].tolist() == [1.0]
 
 
 def test_sampled_negatives_avoid_target_and_history_and_repeat_by_seed():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys_models import sasrec
+from recsys_models import sasrec, sequence_training
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.metrics import evaluate
 from tasks.params import FeaturesParams
@@ -67,9 +67,9 @@ def test_padding_never_gives_nan(train):
         torch.testing.assert_close(model(PADDED[1:2, -1:])[0, -1], hidden[1, -1])
 
 
-@pytest.mark.parametrize("loss", sasrec.LOSSES)
+@pytest.mark.parametrize("loss", sequence_training.LOSSES)
 def test_gradients_are_finite_with_padding(loss):
-    module = sasrec.SASRecModule(tiny_model(), 12, sasrec.Config(loss=loss))
+    module = sequence_training.NextItemModule(tiny_model(), 12, sasrec.Config(loss=loss))
     inputs = torch.tensor([[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 2, 3]])
     targets = torch.tensor([[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 3, 4]])
     module.loss(torch.stack([inputs, targets], dim=1)).backward()
@@ -90,7 +90,7 @@ def test_training_windows_cover_each_transition_once():
     # user 1: 3 items; user 2: 8 items; user 3: a single item (no transition)
     users = np.array([1] * 3 + [2] * 8 + [3])
     items = np.arange(1, 13)
-    windows = sasrec.training_windows(users, items, n_users=3, max_len=3)
+    windows = sequence_training.training_windows(users, items, n_users=3, max_len=3)
     assert windows.shape == (4, 2, 3)
     pairs = window_pairs(windows)
     expected = [(a, a + 1) for a in range(1, 3)] + [(a, a + 1) for a in range(4, 11)]
@@ -106,7 +106,9 @@ def test_overlapping_windows_give_every_target_its_context(min_context):
     lengths = rng.integers(1, 30, 20)
     users = np.repeat(np.arange(1, 21), lengths)
     items = np.arange(1, len(users) + 1)  # item i is row i - 1, so its history is countable
-    windows = sasrec.training_windows(users, items, 20, max_len=5, min_context=min_context)
+    windows = sequence_training.training_windows(
+        users, items, 20, max_len=5, min_context=min_context
+    )
     pairs = window_pairs(windows)
     first_item = np.concatenate([[0], np.cumsum(lengths)])[users - 1] + 1  # per row
     assert [(a, b) for a, b, _ in pairs] == [
@@ -117,7 +119,7 @@ def test_overlapping_windows_give_every_target_its_context(min_context):
         # at least min_context items of its own history, never another user's items
         assert min(history, min_context) <= context <= min(history, 5)
     with pytest.raises(ValueError, match="min_context"):
-        sasrec.training_windows(users, items, 20, max_len=5, min_context=5)
+        sequence_training.training_windows(users, items, 20, max_len=5, min_context=5)
 
 
 def cycles(n_users: int, n_items: int, length: int) -> FeatureData:
@@ -143,7 +145,7 @@ def cycles(n_users: int, n_items: int, length: int) -> FeatureData:
     )
 
 
-@pytest.mark.parametrize("loss", sasrec.LOSSES)
+@pytest.mark.parametrize("loss", sequence_training.LOSSES)
 def test_both_losses_fall(loss):
     data = cycles(n_users=64, n_items=30, length=20)
     config = sasrec.Config(hidden=32, dropout=0.1, loss=loss, batch_size=32, lr=3e-3)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from recsys_models import bpr_mf, itemknn
+from cli.main import main
+from recsys_models import bpr_mf, itemknn, registry
 from recsys_models.data import eval_loader
 from recsys_models.metrics import evaluate
+from tasks import feature_store, model_store
 from tasks import train as train_stage
-from tasks.cli import main
 from tasks.errors import RecsysError
 from tasks.io import file_sha256
 from tasks.params import load_params
@@ -59,7 +60,7 @@ def test_closed_form_model_writes_weights_config_metrics_and_curves(
 
     # weights.pt is a plain state_dict that a freshly fitted module accepts.
     state = torch.load(out / "weights.pt", weights_only=True)
-    data = train_stage.load_features(features)
+    data = feature_store.load_features(features)
     model = itemknn.fit(data, itemknn.Config(), seed=0)
     model.load_state_dict(state)
     assert evaluate(model.score, eval_loader(data, "val"))["ndcg@10"] == pytest.approx(
@@ -85,7 +86,7 @@ def test_gradient_model_trains_resumes_and_restarts_on_a_new_config(features: Pa
     assert second["train_seconds"] >= first["train_seconds"]
 
     # The best epoch's weights are what weights.pt holds and what metrics.json reports.
-    data = train_stage.load_features(features)
+    data = feature_store.load_features(features)
     module, _ = bpr_mf.build(data, bpr_mf.Config(batch_size=1024), seed=0)
     module.model.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
     ndcg = evaluate(module.model.score, eval_loader(data, "val"))["ndcg@10"]
@@ -149,9 +150,10 @@ def test_model_section_keys_are_checked_against_the_model_config(
 
 
 def test_a_model_that_cannot_be_imported_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(train_stage.MODELS, "sasrec", "recsys_models.not_written_yet")
+    names = (*registry.model_names(), "not_written_yet")
+    monkeypatch.setattr(registry, "model_names", lambda: names)
     with pytest.raises(RecsysError, match="recsys_models.not_written_yet"):
-        train_stage.import_model("sasrec")
+        model_store.spec("not_written_yet")
 
 
 def test_precision_auto_is_full_precision_on_cpu():

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks import cli
+from cli import main as cli
 from tasks.errors import RecsysError, ValidationFailed
 from tasks.io import dir_hashes
 from tasks.params import ValidateParams

@@ -1,7 +1,9 @@
 """The `recsys` command: one subcommand per stage, each a thin call into tasks/.
 
 Errors the user can fix (RecsysError) print one line and exit 2; anything else prints one line
-too and exits 1. `--debug` shows the traceback.
+too and exits 1. `--debug` shows the traceback. The stages that load torch, Great Expectations
+or Prefect are imported by the command that runs them, so the others start in a fraction of a
+second.
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from recsys_models.registry import model_names
 from tasks.errors import RecsysError
-from tasks.ingest import SOURCES
+from tasks.features import build_features
+from tasks.ingest import SOURCES, ColumnMap, ingest
+from tasks.model_store import model_dir
+from tasks.movielens import fetch_movielens
 from tasks.params import load_params
+from tasks.registry import promote
+from tasks.synth import synthesize
 
 
 def print_summary(title: str, summary: dict[str, Any]) -> None:
@@ -36,14 +46,12 @@ def print_decision(verdict: dict[str, Any]) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
-    from tasks.movielens import fetch_movielens
 
     path = fetch_movielens(args.dataset, Path(args.out), cache_dir=args.cache)
     print(f"fetched {args.dataset} -> {path}")
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from tasks.ingest import ColumnMap, ingest
 
     p = load_params(args.params).ingest
     columns = ColumnMap(
@@ -60,7 +68,6 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from tasks.synth import synthesize
 
     summary = synthesize(
         out_dir=Path(args.out),
@@ -85,7 +92,6 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> None:
-    from tasks.features import build_features
 
     params = load_params(args.params)
     summary = build_features(
@@ -99,7 +105,6 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from tasks.evaluate import model_dir
     from tasks.train import train
 
     params = load_params(args.params, _overrides(args))
@@ -138,7 +143,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from tasks.registry import promote
 
     pointer = promote(Path(args.artifacts), args.model, args.version, args.reason)
     print_summary("champion", pointer)
@@ -190,8 +194,6 @@ def cmd_flow_run(args: argparse.Namespace) -> None:
 
 def _parse_override(item: str) -> tuple[str, object]:
     """KEY=VALUE with VALUE read as YAML, the way `dvc exp run -S` reads it."""
-    import yaml
-
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise RecsysError(f"--set {item!r}: expected KEY=VALUE, e.g. features.max_seq_len=100")
@@ -279,8 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         required=True,
-        help="a model of tasks.params.MODEL_NAMES, e.g. sasrec, ease, als, gru4rec "
-        "(params.yaml train.<model>)",
+        metavar="MODEL",
+        help=f"one of {', '.join(model_names())} (recsys_models/registry.py; hyper-parameters: "
+        "params.yaml train.<model>)",
     )
     p.add_argument("--features", help="features folder (default: params.yaml features.out)")
     p.add_argument("--out", help="output folder (default: params.yaml train.out/<model>)")
@@ -295,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params(p)
 
     p = add("export", cmd_export, "Export a trained model to ONNX: artifacts/<model>/<version>/.")
-    p.add_argument("--model", required=True, help="a folder of --models-dir, e.g. sasrec")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help=f"a trained model of --models-dir: one of {', '.join(model_names())}",
+    )
     p.add_argument("--models-dir", help="trained models (default: params.yaml train.out)")
     p.add_argument("--features", help="features folder (default: params.yaml features.out)")
     p.add_argument("--out", default="artifacts", help="artifacts folder (default: artifacts)")

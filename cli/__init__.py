@@ -1,0 +1,1 @@
+"""The `recsys` command: the layer above tasks/ and flows/ that people type."""

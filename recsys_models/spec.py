@@ -1,0 +1,67 @@
+"""What the platform needs to know about a model, declared once at the bottom of its own file.
+
+Every model module ends with `SPEC = ModelSpec(...)`; recsys_models/registry.py finds those
+files and is the only list of models there is. Training, export, evaluation, the CLI's choices,
+params.yaml's sections and dvc.yaml's stage lists are derived from it or checked against it
+(tests/test_structure.py), so adding a model means its file plus its params.yaml section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+CLOSED_FORM = "closed_form"  # fit(data, config, seed) -> nn.Module, no epochs
+GRADIENT = "gradient"  # build(data, config, seed) -> (LightningModule, LightningDataModule)
+KINDS = (CLOSED_FORM, GRADIENT)
+
+# What a model reads from the features beside the interactions; training refuses it otherwise.
+RATINGS = "ratings"
+ITEM_FEATURES = "item_features"
+USER_FEATURES = "user_features"
+NEEDS = (RATINGS, ITEM_FEATURES, USER_FEATURES)
+
+# How the export stage turns the model into what the server runs (tasks/export.py):
+SCORE_VECTOR = "score_vector"  # the same scores for everyone: a stored vector, no graph
+HISTORY_GRAPH = "history_graph"  # history -> scores, and history -> user vector . item vectors
+EMBEDDINGS = "embeddings"  # a user-tower graph; scores = user vector . stored item vectors
+SCORE_GRAPH = "score_graph"  # score(users, history) as one graph
+NEIGHBOURS = "neighbours"  # top-k item neighbours, scored from the history
+EXPORT_FORMS = (SCORE_VECTOR, HISTORY_GRAPH, EMBEDDINGS, SCORE_GRAPH, NEIGHBOURS)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the platform sees it.
+
+    restore(data, config) builds the nn.Module with every buffer and parameter at its trained
+    shape but untrained values, so saved weights load into it without refitting or building
+    training data. uses_history False: the scores depend on the user id alone (a bare history
+    from an unknown user cannot be served). item_vectors: the state-dict key of item vectors
+    the server may use for similar items, where the model has them.
+    """
+
+    name: str
+    kind: str
+    config: type
+    restore: Callable[[Any, Any], Any]
+    export: str
+    fit: Callable[[Any, Any, int], Any] | None = None
+    build: Callable[[Any, Any, int], Any] | None = None
+    needs: frozenset[str] = field(default_factory=frozenset)
+    uses_history: bool = True
+    item_vectors: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"model {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+        if (self.kind == CLOSED_FORM) != (self.fit is not None) or (self.kind == GRADIENT) != (
+            self.build is not None
+        ):
+            raise ValueError(f"model {self.name}: closed_form needs fit, gradient needs build")
+        if self.export not in EXPORT_FORMS:
+            raise ValueError(f"model {self.name}: export must be one of {EXPORT_FORMS}")
+        unknown = set(self.needs) - set(NEEDS)
+        if unknown:
+            raise ValueError(f"model {self.name}: unknown needs {sorted(unknown)}")
