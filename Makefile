@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval serve bench-serve prefect clean
+.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults serve bench-serve prefect clean
 
 venv: $(STAMP)
 
@@ -56,7 +56,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-data bench-train bench-eval
+bench: bench-data bench-train bench-eval bench-faults
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/bench_data.py
@@ -92,6 +92,11 @@ bench-classic: data .venv-peers/.installed
 	$(PYTHON) -m venv .venv-peers
 	.venv-peers/bin/python -m pip install -q implicit==0.7.3 scikit-surprise==1.1.5 'numpy<2'
 	touch $@
+
+# Random SIGKILLs of features, train and export, then every output checked (reloaded):
+# bench/results/faults.{json,md}.
+bench-faults: $(STAMP)
+	$(BIN)/python bench/bench_faults.py
 
 # The champion of artifacts/ (recsys export, then recsys promote) behind HTTP on loopback.
 PORT ?= 8000

@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
+from flows.locking import LockTimeout, pipeline_lock
 from recsys_models.registry import model_names
 from tasks.errors import RecsysError
 from tasks.features import build_features
 from tasks.ingest import SOURCES, ColumnMap, ingest
+from tasks.io import file_sha256
 from tasks.model_store import model_dir
 from tasks.movielens import fetch_movielens
 from tasks.params import load_params
@@ -53,7 +55,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
 
-    p = load_params(args.params).ingest
+    p = load_params(args.params, _overrides(args)).ingest
     columns = ColumnMap(
         user=args.user_col, item=args.item_col, time=args.time_col, rating=args.rating_col
     )
@@ -82,7 +84,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def cmd_validate(args: argparse.Namespace) -> None:
     from tasks.validate import validate
 
-    params = load_params(args.params)
+    params = load_params(args.params, _overrides(args))
     summary = validate(
         interim_dir=Path(args.interim or params.ingest.out),
         out_dir=Path(args.out or params.validate.out),
@@ -93,7 +95,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 def cmd_features(args: argparse.Namespace) -> None:
 
-    params = load_params(args.params)
+    params = load_params(args.params, _overrides(args))
     summary = build_features(
         interim_dir=Path(args.interim or params.ingest.out),
         out_dir=Path(args.out or params.features.out),
@@ -121,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from tasks.export import export
 
-    params = load_params(args.params)
+    params = load_params(args.params, _overrides(args))
     manifest = export(
         name=args.model,
         models_dir=Path(args.models_dir or params.train.out),
@@ -143,15 +145,18 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-
-    pointer = promote(Path(args.artifacts), args.model, args.version, args.reason)
+    features = Path(args.features or load_params(args.params, _overrides(args)).features.out)
+    current = None
+    if not args.allow_other_features and (features / "manifest.json").is_file():
+        current = file_sha256(features / "manifest.json")
+    pointer = promote(Path(args.artifacts), args.model, args.version, args.reason, current)
     print_summary("champion", pointer)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from tasks.evaluate import evaluate
 
-    params = load_params(args.params)
+    params = load_params(args.params, _overrides(args))
     summary = evaluate(
         features_dir=Path(args.features or params.features.out),
         models_dir=Path(args.models or params.train.out),
@@ -197,7 +202,11 @@ def _parse_override(item: str) -> tuple[str, object]:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise RecsysError(f"--set {item!r}: expected KEY=VALUE, e.g. features.max_seq_len=100")
-    return key, yaml.safe_load(value)
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as exc:  # its message spans several lines: keep the problem only
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecsysError(f"--set {key}: {value!r} is not a valid YAML value ({problem})") from exc
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -222,7 +231,9 @@ def _add_debug(p: argparse.ArgumentParser) -> None:
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
+    """--params and --set: where the parameters come from, and overrides of single ones."""
     p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    _add_set(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recommender pipeline stages: ingest -> validate -> features -> train.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="seconds to wait while another run holds the project's pipeline lock "
+        "(default 3600; 0: refuse at once)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], None], help_: str):
@@ -294,7 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="split to train on: leave-one-out (default) or the global temporal split "
         "(written to <model>/temporal/)",
     )
-    _add_set(p)
     _add_params(p)
 
     p = add("export", cmd_export, "Export a trained model to ONNX: artifacts/<model>/<version>/.")
@@ -314,6 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", help="a version folder of artifacts/<model>/")
     p.add_argument("--reason", default="manual promotion", help="why (kept in champion.json)")
     p.add_argument("--artifacts", default="artifacts", help="artifacts folder (default: artifacts)")
+    p.add_argument(
+        "--features",
+        help="the version must be exported from these features (default: params.yaml "
+        "features.out, when it exists)",
+    )
+    p.add_argument(
+        "--allow-other-features",
+        action="store_true",
+        help="promote a version exported from other features (a rollback to older data)",
+    )
+    _add_params(p)
 
     p = add(
         "evaluate",
@@ -339,16 +368,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-release", action="store_true", help="stop after evaluate: no export, no promotion"
     )
-    _add_set(p)
     p.set_defaults(func=cmd_flow_run)
     _add_params(p)
     return parser
 
 
+# Commands that write into the project's folders: they hold the pipeline lock the Prefect flow
+# holds (flows/locking.py), so a command and a flow, or two commands, never interleave writes.
+WRITING_COMMANDS = {"fetch", "ingest", "synth", "validate", "features", "train", "evaluate"}
+WRITING_COMMANDS |= {"export", "promote"}
+
+
+def run_locked(args: argparse.Namespace) -> None:
+    """Run the command, under the pipeline lock when it writes (not in a data-parallel worker
+    Lightning started: its rank-0 parent holds the lock already)."""
+    ranks = (os.environ.get("LOCAL_RANK", "0"), os.environ.get("NODE_RANK", "0"))
+    worker = any(int(rank) > 0 for rank in ranks)
+    if args.command not in WRITING_COMMANDS or worker:
+        args.func(args)
+        return
+
+    def waiting(message: str) -> None:  # the lock's other messages would be noise here
+        if message.startswith("waiting"):
+            print(message, file=sys.stderr)
+
+    try:
+        with pipeline_lock(None, args.lock_timeout, f"recsys {args.command}", waiting):
+            args.func(args)
+    except LockTimeout as exc:
+        raise RecsysError(f"{exc}; another run writes into this project") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        run_locked(args)
     except RecsysError as exc:
         if args.debug:
             traceback.print_exc()

@@ -21,6 +21,12 @@ from tasks.io import file_sha256
 from tasks.registry import MANIFEST, verify_version
 
 
+class VerificationError(RecsysError):
+    """A version whose files are not the ones its manifest (or the champion pointer) recorded:
+    corrupted or edited after export. Told apart from a load failure so that the server can
+    count the two separately; neither is fixed by retrying."""
+
+
 @dataclass(frozen=True)
 class Recommendation:
     items: list[dict[str, Any]]
@@ -33,12 +39,15 @@ class ServedModel:
 
     def __init__(self, folder: str | Path, manifest_sha256: str | None = None, threads: int = 1):
         folder = Path(folder)
+        try:
+            manifest = verify_version(folder)
+        except RecsysError as exc:
+            raise VerificationError(str(exc)) from exc
         if manifest_sha256 and file_sha256(folder / MANIFEST) != manifest_sha256:
-            raise RecsysError(
+            raise VerificationError(
                 f"{folder / MANIFEST}: sha256 differs from the one champion.json recorded at "
                 "promotion (edited after it was promoted)"
             )
-        manifest = verify_version(folder)
         self.folder, self.manifest = folder, manifest
         self.name, self.version = str(manifest["name"]), str(manifest["version"])
         self.kind = manifest["scorer"]

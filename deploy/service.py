@@ -15,12 +15,21 @@ that version is loaded completely (sha256s checked, sessions built, one warm-up 
 then swapped in by replacing one reference. Each request reads that reference once, so it is
 answered by one model from start to end and no request is dropped. A version that fails to
 load is refused with one logged error and the running champion keeps serving; it is retried
-only when champion.json changes again.
+only when champion.json changes again. When nothing is being served yet (at start) and the
+champion is refused, the newest version under artifacts/ that verifies is served instead, as a
+fallback that /readyz and /metrics report, until a champion loads.
+
+Limits, so that a hostile or broken client cannot exhaust the process: request bodies over
+--max-body-bytes get 413 before they are read; a connection that has not sent a request's
+headers within --header-timeout seconds, or stays idle --keep-alive-timeout seconds after a
+response, is closed; past --limit-concurrency connections, requests get 503. Integers in
+requests must be integers (true, 10.0, "10" and 1e400 get 422, never 500).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import threading
@@ -30,8 +39,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import h11
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -40,15 +53,33 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from deploy.model import Recommendation, ServedModel
+from deploy.model import Recommendation, ServedModel, VerificationError
 from tasks.errors import RecsysError
-from tasks.registry import champion_folder, read_champion
+from tasks.registry import champion_folder, list_versions, read_champion
 
 log = logging.getLogger("recsys.serve")
 MAX_K = 1000
-K = Annotated[int, Query(ge=1, le=MAX_K, description="how many items")]
+# A POST /recommend body is a few KB (--max-history ids); 1 MiB leaves room and bounds what
+# one request can make the process hold.
+MAX_BODY_BYTES = 2**20
+HEADER_TIMEOUT_S = 10.0
+KEEP_ALIVE_TIMEOUT_S = 5.0
+LIMIT_CONCURRENCY = 256
+
+
+def _digits(value: object) -> object:
+    """A query integer written as plain decimal digits: pydantic alone would also take "10.0",
+    "+10", " 10" and "1_0" (a str is never a strict int, so StrictInt cannot say this)."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a whole number written in digits, like 10")
+    return value
+
+
+K = Annotated[int, BeforeValidator(_digits), Query(ge=1, le=MAX_K, description="how many items")]
 Genres = Annotated[list[str] | None, Query(description="genre names, repeated or comma-separated")]
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -60,6 +91,8 @@ class Champion:
         self.artifacts, self.poll_seconds, self.threads = artifacts, poll_seconds, threads
         self.metrics = metrics
         self.current: ServedModel | None = None
+        # Set while `current` is a fallback: the champion that was refused, and why.
+        self.fallback_from: dict[str, str] | None = None
         self._seen: str | None = None  # the champion.json content last acted on
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -69,7 +102,10 @@ class Champion:
         try:
             pointer = read_champion(self.artifacts)
         except RecsysError as exc:
-            self._once(f"unreadable:{exc}", f"{exc}; {self._still()}")
+            if self._once(f"unreadable:{exc}", f"{exc}; {self._still()}"):
+                self.metrics.refused.labels(reason="pointer").inc()
+                if self.current is None:
+                    self._fall_back({"error": str(exc)})
             return
         if pointer is None:
             self._once("none", f"{self.artifacts}/champion.json: no champion promoted yet")
@@ -79,31 +115,71 @@ class Champion:
             return
         self._seen = key
         current = self.current
-        if current and (current.name, current.version) == (pointer["model"], pointer["version"]):
+        if (
+            current
+            and not self.fallback_from  # a fallback promoted on purpose is loaded as champion
+            and (current.name, current.version) == (pointer["model"], pointer["version"])
+        ):
             return
         start = time.perf_counter()
         try:
             folder = champion_folder(self.artifacts, pointer)
             model = ServedModel(folder, pointer.get("manifest_sha256"), self.threads)
         except (RecsysError, OSError) as exc:
+            reason = "verify" if isinstance(exc, VerificationError) else "load"
             self.metrics.reloads.labels(result="refused").inc()
+            self.metrics.refused.labels(reason=reason).inc()
             log.error("refusing champion %s/%s: %s; %s", *_name(pointer), exc, self._still())
+            if self.current is None:
+                model_name, version = _name(pointer)
+                self._fall_back({"model": model_name, "version": version, "error": str(exc)})
             return
-        self.current = model  # the swap: one reference, read once per request
-        self.metrics.set_model(model)
+        self._serve(model, None)
         self.metrics.reloads.labels(result="loaded").inc()
         seconds = time.perf_counter() - start
         log.info("serving %s/%s (loaded in %.2f s)", model.name, model.version, seconds)
 
-    def _once(self, key: str, message: str) -> None:
-        """Log a persisting condition once, not at every poll."""
-        if key == self._seen:
+    def _fall_back(self, refused: dict[str, str]) -> None:
+        """Nothing is served and the champion cannot be: serve the newest version that
+        verifies, so that one damaged folder or pointer does not turn every request into a
+        503 while good versions sit beside it. Newest by version name, which starts with the
+        export time, across all models; the refused version itself is not tried again."""
+        versions = sorted(list_versions(self.artifacts), key=lambda v: v["version"], reverse=True)
+        for entry in versions:
+            if (entry["model"], entry["version"]) == (refused.get("model"), refused.get("version")):
+                continue
+            try:
+                model = ServedModel(entry["path"], None, self.threads)
+            except (RecsysError, OSError) as exc:
+                log.warning("fallback candidate %s/%s refused: %s", *_name(entry), exc)
+                continue
+            self._serve(model, refused)
+            self.metrics.fallback_versions.inc()
+            log.warning(
+                "serving %s/%s as a fallback (the newest version that verifies) until a "
+                "champion loads",
+                model.name,
+                model.version,
+            )
             return
+        log.error("no version under %s verifies: no model loaded", self.artifacts)
+
+    def _serve(self, model: ServedModel, fallback_from: dict[str, str] | None) -> None:
+        # fallback_from first: whoever sees the new model also sees whether it is a fallback
+        self.fallback_from = fallback_from
+        self.current = model  # the swap: one reference, read once per request
+        self.metrics.set_model(model, fallback=fallback_from is not None)
+
+    def _once(self, key: str, message: str) -> bool:
+        """Log a persisting condition once, not at every poll; True the first time."""
+        if key == self._seen:
+            return False
         self._seen = key
         if key == "none":
             log.warning(message)
         else:
             log.error(message)
+        return True
 
     def _still(self) -> str:
         current = self.current
@@ -127,6 +203,7 @@ class Champion:
 
 
 def _name(pointer: dict[str, Any]) -> tuple[str, str]:
+    """(model, version) of a pointer or list_versions entry, for log messages."""
     return str(pointer.get("model")), str(pointer.get("version"))
 
 
@@ -166,22 +243,140 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "recsys_champion_refused_total",
+            "Champions refused, by reason: pointer (champion.json unreadable), verify (files "
+            "differ from the manifest or pointer), load (the version would not load or run)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.fallback_versions = Counter(
+            "recsys_champion_fallbacks_total",
+            "Times the champion could not be served and the newest good version was instead",
+            registry=self.registry,
+        )
+        self.serving_fallback = Gauge(
+            "recsys_serving_fallback",
+            "1 while the model served is a fallback, not the promoted champion",
+            registry=self.registry,
+        )
         self._labels: tuple[str, str] | None = None
         self._lock = threading.Lock()
 
-    def set_model(self, model: ServedModel) -> None:
+    def set_model(self, model: ServedModel, fallback: bool = False) -> None:
         with self._lock:
             if self._labels:
                 self.model.remove(*self._labels)
             self._labels = (model.name, model.version)
             self.model.labels(*self._labels).set(1)
+            self.serving_fallback.set(1 if fallback else 0)
 
 
 class RecommendBody(BaseModel):
+    # strict: with lax parsing, k=true, k=10.0 and items [true] or [2.0] were taken as 1, 10,
+    # "1" and "2"; now only JSON integers are integers and only strings are strings
+    model_config = ConfigDict(strict=True)
+
     items: list[str | int] = Field(description="the user's items, original ids, oldest first")
     k: int = Field(10, ge=1, le=MAX_K)
     include_genres: list[str] | None = None
     exclude_genres: list[str] | None = None
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets 413 before it is held in memory.
+
+    FastAPI reads a body into memory whole, whatever its size. Here the declared
+    Content-Length is checked before the first byte is read, and a chunked body (no length
+    declared) is counted as it streams, so at most max_bytes and one chunk are ever held. The
+    413 is raised as an HTTPException from `receive`, inside the route that reads the body,
+    which FastAPI answers (and the metrics middleware counts) like any other error.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise self._too_large()
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(413, f"request body too large: at most {self.max_bytes} bytes")
+
+
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers.
+
+    uvicorn closes a connection left idle after a response (timeout_keep_alive), but it has
+    no header timeout (checked in 0.54): a connection that sends nothing, or trickles a
+    request's headers a byte at a time (slowloris), holds its socket for ever. Here a timer
+    starts when the connection opens, and with the first byte of each later request, and
+    closes the connection if the request's headers are still incomplete when it fires.
+    main() sets `header_timeout` in a subclass.
+    """
+
+    header_timeout: float = HEADER_TIMEOUT_S
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:  # still waiting for (the rest of) the headers
+            self._arm_header_timer()
+        else:
+            self._cancel_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        # armed once per request, not moved by each byte: trickling cannot extend it
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            log.debug(
+                "closing %s: no complete request headers in %s s", self.client, self.header_timeout
+            )
+            self.transport.close()
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every inf and NaN float replaced by its text, so that it can be JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def create_app(
@@ -189,6 +384,7 @@ def create_app(
     poll_seconds: float = 1.0,
     threads: int = 1,
     max_history: int = 1000,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The app; the champion is loaded before it returns, and polled while it runs."""
     metrics = Metrics()
@@ -203,6 +399,15 @@ def create_app(
 
     app = FastAPI(title="recsys", lifespan=lifespan)
     app.state.champion = champion
+    # added before `count`, so it runs inside it: the 413s are counted too
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, safe for any input: a JSON number such as 1e400 parses to inf, and
+        Python's parser takes NaN and Infinity; echoing one back in the error made FastAPI's
+        own handler fail (strict JSON has no inf), turning a bad request into a 500."""
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.middleware("http")
     async def count(request: Request, call_next):
@@ -301,10 +506,14 @@ def create_app(
     @app.get("/readyz")
     def readyz(response: Response) -> dict[str, Any]:
         model = champion.current
+        fallback_from = champion.fallback_from
         if model is None:
             response.status_code = 503
             return {"ready": False}
-        return {"ready": True, **model.summary()}
+        body = {"ready": True, **model.summary(), "fallback": fallback_from is not None}
+        if fallback_from is not None:
+            body["refused_champion"] = fallback_from
+        return body
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -328,13 +537,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between champion checks")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per request")
     parser.add_argument("--max-history", type=int, default=1000, help="most items per POST")
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="larger bodies get 413"
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=HEADER_TIMEOUT_S,
+        help="seconds a connection may take to send a request's headers",
+    )
+    parser.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=KEEP_ALIVE_TIMEOUT_S,
+        help="seconds an idle connection is kept open after a response",
+    )
+    parser.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=LIMIT_CONCURRENCY,
+        help="open connections (or requests) past which requests get 503",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(args.artifacts, args.poll, args.threads, args.max_history)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    app = create_app(args.artifacts, args.poll, args.threads, args.max_history, args.max_body_bytes)
+    protocol = type(
+        "HeaderTimeoutH11", (HeaderTimeoutH11,), {"header_timeout": args.header_timeout}
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        http=protocol,
+        timeout_keep_alive=args.keep_alive_timeout,
+        limit_concurrency=args.limit_concurrency,
+    )
 
 
 if __name__ == "__main__":

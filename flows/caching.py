@@ -1,4 +1,4 @@
-"""Prefect caching for the stages: a stage whose inputs did not change is not recomputed.
+"""Stage caching for the flows: a stage whose inputs did not change is not recomputed.
 
 The cache key of a stage is a sha256 over
 - the content of every input file (the task parameters named as inputs: a file or a folder,
@@ -8,10 +8,16 @@ The cache key of a stage is a sha256 over
 which is what DVC hashes for `dvc repro` too. Paths themselves are not in the key: the same
 bytes under another name (a retrain's candidate raw file, then the raw file) are the same input.
 
-A cached *result* is not enough: the output folder may since have been deleted or overwritten
-by a run with other parameters. So every cached stage returns the fingerprint of the output it
-wrote, and `run_stage` compares it with the folder as it is now; on a mismatch the stage runs
-again with refresh_cache, which also replaces the stale cache record.
+Why not Prefect's own result cache: it stores results with cloudpickle, and a stored record
+names its own serializer, so whoever can write into $PREFECT_HOME/storage could make the next
+run execute code. Here a cache record is plain JSON data (the stage's summary, where its output
+went and that output's fingerprint), read with json.loads and nothing else; a record that is
+not such data is ignored and rewritten. Prefect persists no task result at all (NO_PERSIST).
+
+A cached summary is not enough either: the output folder may since have been deleted or
+overwritten by a run with other parameters. So a record is used only while the fingerprint of
+the output folder is the one the stage wrote; otherwise the stage runs again. A hit ends the
+task run in Prefect's "Cached" state, as Prefect's own cache would.
 """
 
 from __future__ import annotations
@@ -19,18 +25,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from prefect import Task
+from prefect.cache_policies import NO_CACHE
+from prefect.settings import get_current_settings
+from prefect.states import Completed
 
-from tasks.io import file_sha256
+from tasks.io import file_sha256, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_PACKAGES = ("tasks", "recsys_models")
-FINGERPRINT = "output_fingerprint"
+# Task options of every stage: Prefect persists (pickles) no result; cached_stage caches.
+NO_PERSIST = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 def tree_hash(path: str | Path, exclude: Iterable[str] = ()) -> str:
@@ -78,67 +89,113 @@ def _plain(value: Any) -> Any:
 Narrow = Callable[[Any, dict[str, Any]], Any]
 
 
-def inputs_key(
-    *input_params: str, narrow: dict[str, Narrow] | None = None
-) -> Callable[[Any, dict[str, Any]], str]:
-    """A Prefect cache_key_fn: input files by content, the other parameters by value.
+def stage_key(
+    name: str,
+    parameters: dict[str, Any],
+    input_params: Iterable[str],
+    narrow: dict[str, Narrow] | None = None,
+) -> str:
+    """Input files by content, the other parameters by value, and the code.
 
     `narrow` maps a parameter to the part of it the stage really reads (e.g. a model's own
     section of params.train), so that editing another model's settings keeps this one cached.
     """
     narrow = narrow or {}
-
-    def key(context: Any, parameters: dict[str, Any]) -> str:
-        digest = hashlib.sha256()
-        digest.update(context.task.name.encode() + b"\0" + code_version().encode())
-        for name in sorted(parameters):
-            value = parameters[name]
-            if name in input_params:
-                paths = value if isinstance(value, (list, tuple)) else [value]
-                part = [tree_hash(p) if p is not None else None for p in paths]
-            elif name in narrow:
-                part = _plain(narrow[name](value, parameters))
-            else:
-                part = _plain(value)
-            text = json.dumps(part, sort_keys=True, default=str)
-            digest.update(name.encode() + b"=" + text.encode() + b"\0")
-        return digest.hexdigest()
-
-    return key
+    digest = hashlib.sha256()
+    digest.update(name.encode() + b"\0" + code_version().encode())
+    for key in sorted(parameters):
+        value = parameters[key]
+        if key in input_params:
+            paths = value if isinstance(value, (list, tuple)) else [value]
+            part = [tree_hash(p) if p is not None else None for p in paths]
+        elif key in narrow:
+            part = _plain(narrow[key](value, parameters))
+        else:
+            part = _plain(value)
+        text = json.dumps(part, sort_keys=True, default=str)
+        digest.update(key.encode() + b"=" + text.encode() + b"\0")
+    return digest.hexdigest()
 
 
-def with_fingerprint(result: dict[str, Any], out: str | Path, exclude: Iterable[str] = ()):
-    """The stage's result plus the fingerprint of the output it just wrote."""
-    return {**result, FINGERPRINT: tree_hash(out, exclude)}
+def cache_dir() -> Path:
+    """Where the stage records live: beside Prefect's own files, one folder per PREFECT_HOME."""
+    return Path(get_current_settings().home) / "recsys-stage-cache"
 
 
-def run_stage(
-    task: Task,
-    out: str | Path | Callable[[dict[str, Any]], Path],
-    *args: Any,
-    exclude: Iterable[str] = (),
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """Call a cached stage task; run it again if its output is not what the cache recorded.
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A cache record, or None when there is none or the file is not one (then it is ignored:
+    it is never interpreted as anything but JSON data)."""
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        print(f"stage cache: {path} is not a cache record ({type(exc).__name__}); ignored")
+        return None
+    if not isinstance(record, dict) or not {"out", "fingerprint", "result"} <= record.keys():
+        print(f"stage cache: {path} is not a cache record; ignored")
+        return None
+    return record
 
-    `out` is the output folder, or a function of the result for outputs named by the result
-    (an export's version folder).
+
+def as_json_data(value: Any) -> Any:
+    """The value as plain JSON data: what a cached run returns, so a fresh run returns it too."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    return str(value)
+
+
+OutFolder = Callable[[dict[str, Any], dict[str, Any]], str | Path]
+
+
+def cached_stage(
+    *input_params: str,
+    out: str | OutFolder,
+    exclude: Callable[[dict[str, Any]], Iterable[str]] = lambda parameters: (),
+    narrow: dict[str, Narrow] | None = None,
+) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., Any]]:
+    """Wrap a stage task's function with the cache: run it, or return its recorded summary in
+    the "Cached" state while its output is unchanged.
+
+    `out` is the parameter naming the output folder, or a function of (parameters, result)
+    for outputs named by the result (an export's version folder); `exclude(parameters)` names
+    top-level entries of that folder that are not this stage's (the temporal model inside the
+    leave-one-out one).
     """
-    return checked_stage(task(*args, **kwargs), task, out, *args, exclude=exclude, **kwargs)
+
+    def decorate(fn: Callable[..., dict[str, Any]]) -> Callable[..., Any]:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            parameters = dict(bound.arguments)
+            key = stage_key(fn.__name__, parameters, input_params, narrow)
+            path = cache_dir() / f"{key}.json"
+            skip = tuple(exclude(parameters))
+            record = read_record(path)
+            if record is not None and record["fingerprint"] == tree_hash(record["out"], skip):
+                return Completed(data=record["result"], name="Cached")
+            if record is not None:
+                print(f"{fn.__name__}: {record['out']} is not what the cached run wrote; rerun")
+            result = as_json_data(fn(*args, **kwargs))
+            folder = out(parameters, result) if callable(out) else parameters[out]
+            entry = {"out": str(folder), "fingerprint": tree_hash(folder, skip), "result": result}
+            write_json(entry, path)
+            return result
+
+        return run
+
+    return decorate
 
 
-def checked_stage(
-    result: dict[str, Any],
-    task: Task,
-    out: str | Path | Callable[[dict[str, Any]], Path],
-    *args: Any,
-    exclude: Iterable[str] = (),
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """run_stage's check for a result already at hand (a submitted task's): rerun the task if
-    its output is not what the cache recorded."""
-    folder = out(result) if callable(out) else out
-    if result.get(FINGERPRINT) != tree_hash(folder, exclude):
-        print(f"{task.name}: {folder} is not what the cached run wrote; running it again")
-        result = task.with_options(refresh_cache=True)(*args, **kwargs)
-    return {k: v for k, v in result.items() if k != FINGERPRINT}
+def run_stage(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Call a stage task and return its summary, whether it ran or its cache answered."""
+    return task(*args, return_state=True, **kwargs).result()

@@ -19,7 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-LOCK_FILE = ".recsys-pipeline.lock"
+LOCK_FILE = ".recsys-pipeline.lock"  # in the project folder, the working directory
+LOCK_ENV = "RECSYS_LOCK_FILE"  # another place for it (the tests give each test its own)
+
+
+def lock_path() -> Path:
+    """The project's lock file: RECSYS_LOCK_FILE when set, else LOCK_FILE in the project."""
+    return Path(os.environ.get(LOCK_ENV) or LOCK_FILE)
 
 
 class LockTimeout(TimeoutError):
@@ -28,7 +34,7 @@ class LockTimeout(TimeoutError):
 
 @contextlib.contextmanager
 def pipeline_lock(
-    path: str | Path = LOCK_FILE,
+    path: str | Path | None = None,
     timeout_s: float = 6 * 3600,
     holder: str = "",
     log: Callable[[str], None] = print,
@@ -39,7 +45,7 @@ def pipeline_lock(
     The lock file records who holds it (pid and `holder`, e.g. the flow run's name) so that a
     waiting run can say whom it waits for.
     """
-    lock = Path(path)
+    lock = Path(path) if path is not None else lock_path()
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:

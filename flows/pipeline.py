@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from flows import artifacts
-from flows.caching import checked_stage, inputs_key, run_stage, with_fingerprint
-from flows.locking import LOCK_FILE, pipeline_lock
+from flows.caching import NO_PERSIST, cached_stage, run_stage
+from flows.locking import pipeline_lock
 from recsys_models.registry import model_names
 from tasks.errors import RecsysError, ValidationFailed
+from tasks.feature_store import manifest_sha256
 from tasks.features import build_features
 from tasks.incoming import (
     BadIncomingFile,
@@ -67,7 +67,7 @@ def _train_part(params: Params, parameters: dict[str, Any]) -> dict[str, Any]:
     return {
         "seed": params.seed,
         **{name: getattr(t, name) for name in trainer},
-        "model": getattr(t, parameters["model"], None),
+        "model": t.section(parameters["model"]),
     }
 
 
@@ -80,23 +80,23 @@ def _evaluate_part(params: Params, parameters: dict[str, Any]) -> dict[str, Any]
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=_transient,
-    cache_policy=NO_CACHE,
+    **NO_PERSIST,
 )
 def fetch_task(dataset: str, out: str) -> str:
     return str(fetch_movielens(dataset, Path(out)))
 
 
-@task(name="stage-incoming", cache_policy=NO_CACHE)
+@task(name="stage-incoming", **NO_PERSIST)
 def stage_incoming_task(incoming: str, raw: str, source: str) -> dict[str, Any]:
     return stage_incoming(incoming, raw, source)
 
 
-@task(name="commit-incoming", cache_policy=NO_CACHE)
+@task(name="commit-incoming", **NO_PERSIST)
 def commit_incoming_task(staged: dict[str, Any], incoming: str) -> dict[str, Any]:
     return commit_incoming(staged, incoming)
 
 
-@task(name="reject-incoming", cache_policy=NO_CACHE)
+@task(name="reject-incoming", **NO_PERSIST)
 def reject_incoming_task(staged: dict[str, Any], incoming: str, reason: str) -> dict[str, Any]:
     return reject_incoming(staged, incoming, reason)
 
@@ -106,50 +106,56 @@ def reject_incoming_task(staged: dict[str, Any], incoming: str, reason: str) -> 
     retries=1,
     retry_delay_seconds=2,
     retry_condition_fn=_transient,
-    cache_key_fn=inputs_key("path"),
+    **NO_PERSIST,
 )
+@cached_stage("path", out="out")
 def ingest_task(source: str, path: str, out: str) -> dict[str, Any]:
-    summary = ingest(source=source, path=Path(path), out_dir=Path(out))
-    return with_fingerprint(summary, out)
+    return ingest(source=source, path=Path(path), out_dir=Path(out))
 
 
-@task(name="validate", cache_key_fn=inputs_key("interim"))
+@task(name="validate", **NO_PERSIST)
+@cached_stage("interim", out="out")
 def validate_task(interim: str, out: str, params: Any) -> dict[str, Any]:
     from tasks.validate import validate  # heavy (Great Expectations): imported when it runs
 
-    summary = validate(interim_dir=Path(interim), out_dir=Path(out), params=params)
-    return with_fingerprint(summary, out)
+    return validate(interim_dir=Path(interim), out_dir=Path(out), params=params)
 
 
-@task(name="features", cache_key_fn=inputs_key("interim", "validation"))
+@task(name="features", **NO_PERSIST)
+@cached_stage("interim", "validation", out="out")
 def features_task(interim: str, out: str, params: Any, seed: int, validation: str) -> dict:
-    summary = build_features(
+    return build_features(
         interim_dir=Path(interim),
         out_dir=Path(out),
         params=params,
         seed=seed,
         validation_dir=Path(validation),
     )
-    return with_fingerprint(summary, out)
 
 
-@task(name="train", cache_key_fn=inputs_key("features", narrow={"params": _train_part}))
+@task(name="train", **NO_PERSIST)
+@cached_stage(
+    "features",
+    out="out",
+    exclude=lambda parameters: _exclude(parameters["protocol"]),
+    narrow={"params": _train_part},
+)
 def train_task(
     model: str, features: str, out: str, params: Any, protocol: str = "loo"
 ) -> dict[str, Any]:
     from tasks.train import train  # heavy (torch, Lightning): imported when it runs
 
-    metrics = train(
+    return train(
         model=model, features_dir=Path(features), out_dir=Path(out), params=params,
         protocol=protocol,
     )  # fmt: skip
-    return with_fingerprint(metrics, out, _exclude(protocol))
 
 
 @task(
     name="evaluate",
-    cache_key_fn=inputs_key("features", "models", "champion", narrow={"params": _evaluate_part}),
+    **NO_PERSIST,
 )
+@cached_stage("features", "models", "champion", out="out", narrow={"params": _evaluate_part})
 def evaluate_task(
     features: str, models: str, out: str, params: Any, champion: str | None = None
 ) -> dict[str, Any]:
@@ -157,29 +163,36 @@ def evaluate_task(
     new champion invalidates the cached evaluation."""
     from tasks.evaluate import evaluate  # heavy (torch): imported when it runs
 
-    result = evaluate(
+    return evaluate(
         features_dir=Path(features), models_dir=Path(models), out_dir=Path(out), params=params
     )
-    return with_fingerprint(result, out)
 
 
-@task(name="export", cache_key_fn=inputs_key("model", "features"))
+@task(name="export", **NO_PERSIST)
+@cached_stage(
+    "model",
+    "features",
+    out=lambda parameters, manifest: (
+        Path(parameters["artifacts_dir"]) / parameters["name"] / manifest["version"]
+    ),
+)
 def export_task(name: str, model: str, features: str, artifacts_dir: str) -> dict[str, Any]:
     """`model` is models/<name>: exporting the same weights again reuses the cached version."""
     from tasks.export import export  # heavy (torch, onnx): imported when it runs
 
-    manifest = export(
+    return export(
         name=name,
         models_dir=Path(model).parent,
         features_dir=Path(features),
         artifacts_dir=Path(artifacts_dir),
     )
-    return with_fingerprint(manifest, Path(artifacts_dir) / name / manifest["version"])
 
 
-@task(name="promote", cache_policy=NO_CACHE)
-def promote_task(artifacts_dir: str, name: str, version: str, reason: str) -> dict[str, Any]:
-    return promote(Path(artifacts_dir), name, version, reason)
+@task(name="promote", **NO_PERSIST)
+def promote_task(
+    artifacts_dir: str, name: str, version: str, reason: str, features_sha256: str
+) -> dict[str, Any]:
+    return promote(Path(artifacts_dir), name, version, reason, features_sha256)
 
 
 def _exclude(protocol: str) -> tuple[str, ...]:
@@ -236,13 +249,12 @@ def _ingest_and_validate(
         staged = _stage_incoming(incoming, raw, source)
         summary["incoming"] = staged
         raw = staged["candidate"] or raw
-    summary["ingest"] = run_stage(ingest_task, params.ingest.out, source, raw, params.ingest.out)
+    summary["ingest"] = run_stage(ingest_task, source, raw, params.ingest.out)
     logger.info("ingest wrote %s", params.ingest.out)
     try:
         summary["validate"] = run_stage(
-            validate_task, params.validate.out, params.ingest.out, params.validate.out,
-            params.validate,
-        )  # fmt: skip
+            validate_task, params.ingest.out, params.validate.out, params.validate
+        )
     except ValidationFailed as exc:
         _publish_validation(params)
         if staged and staged["files"]:
@@ -292,8 +304,8 @@ def _publish_validation(params: Params) -> None:
 def _evaluate(params: Params) -> dict[str, Any]:
     champion = Path(params.evaluate.artifacts) / CHAMPION
     evaluation = run_stage(
-        evaluate_task, params.evaluate.out, params.features.out, params.train.out,
-        params.evaluate.out, params, str(champion),
+        evaluate_task, params.features.out, params.train.out, params.evaluate.out, params,
+        str(champion),
     )  # fmt: skip
     artifacts.publish(
         artifacts.EVALUATION_REPORT,
@@ -323,7 +335,6 @@ def _release(params: Params, decision: dict[str, Any], release: bool) -> dict[st
         name = plan["model"]
         exported = run_stage(
             export_task,
-            lambda m: Path(artifacts_dir) / name / m["version"],
             name,
             str(model_dir(params.train.out, name)),
             params.features.out,
@@ -331,7 +342,8 @@ def _release(params: Params, decision: dict[str, Any], release: bool) -> dict[st
         )
         logger.info("exported %s/%s", name, exported["version"])
         if plan["promote"]:
-            promote_task(artifacts_dir, name, exported["version"], plan["reason"])
+            features = manifest_sha256(params.features.out)
+            promote_task(artifacts_dir, name, exported["version"], plan["reason"], features)
             promoted = True
             logger.info("promoted %s/%s: %s", name, exported["version"], plan["reason"])
     champion = read_champion(artifacts_dir)
@@ -374,7 +386,7 @@ def train_runner(train: TrainParams) -> Any:
     )
 
 
-@flow(name="train-models", log_prints=True)
+@flow(name="train-models", log_prints=True, persist_result=False)
 def train_models(params: Any) -> dict[str, dict[str, Any]]:
     """Every model of train.models on every evaluation protocol: {protocol: {model: metrics}}.
 
@@ -388,17 +400,16 @@ def train_models(params: Any) -> dict[str, dict[str, Any]]:
     pending = []
     for model, protocol in jobs:
         out = str(model_dir(params.train.out, model, protocol))
-        call = (train_task, out, model, params.features.out, out, params, protocol)
-        first = train_task.submit(*call[2:]) if parallel else train_task(*call[2:])
-        pending.append((model, protocol, call, first))
-    for model, protocol, call, first in pending:
-        result = first.result() if parallel else first
-        results[protocol][model] = checked_stage(result, *call, exclude=_exclude(protocol))
-        logger.info("%s (%s) trained into %s", model, protocol, call[1])
+        call = (model, params.features.out, out, params, protocol)
+        first = train_task.submit(*call) if parallel else run_stage(train_task, *call)
+        pending.append((model, protocol, out, first))
+    for model, protocol, out, first in pending:
+        results[protocol][model] = first.result() if parallel else first
+        logger.info("%s (%s) trained into %s", model, protocol, out)
     return results
 
 
-@flow(name="recsys-pipeline", log_prints=True)
+@flow(name="recsys-pipeline", log_prints=True, persist_result=False)
 def recsys_pipeline(
     params_path: str = "params.yaml",
     source: str | None = None,
@@ -434,7 +445,7 @@ def recsys_pipeline(
     raw = raw_path or params.ingest.path
     incoming = incoming or None  # an emptied form field is a full run, never the project root
     summary: dict[str, Any] = {}
-    with pipeline_lock(LOCK_FILE, lock_timeout_s, _holder(), logger.info):
+    with pipeline_lock(None, lock_timeout_s, _holder(), logger.info):
         if fetch and source.startswith("movielens") and not Path(raw).exists():
             fetch_task(source, raw)
         _ingest_and_validate(params, source, raw, summary, incoming)
@@ -448,8 +459,8 @@ def recsys_pipeline(
             summary["skipped"] = True
             return summary
         summary["features"] = run_stage(
-            features_task, params.features.out, params.ingest.out, params.features.out,
-            params.features, params.seed, params.validate.out,
+            features_task, params.ingest.out, params.features.out, params.features, params.seed,
+            params.validate.out,
         )  # fmt: skip
         logger.info("features in %s", params.features.out)
         runner = train_runner(params.train)
@@ -468,7 +479,7 @@ def recsys_pipeline(
     return summary
 
 
-@flow(name="validate-only", log_prints=True)
+@flow(name="validate-only", log_prints=True, persist_result=False)
 def validate_only(
     params_path: str = "params.yaml",
     source: str | None = None,
@@ -491,7 +502,7 @@ def validate_only(
     source = source or params.ingest.source
     raw = raw_path or params.ingest.path
     summary: dict[str, Any] = {}
-    with pipeline_lock(LOCK_FILE, lock_timeout_s, _holder(), get_run_logger().info):
+    with pipeline_lock(None, lock_timeout_s, _holder(), get_run_logger().info):
         if fetch and source.startswith("movielens") and not Path(raw).exists():
             fetch_task(source, raw)
         _ingest_and_validate(params, source, raw, summary)
@@ -503,7 +514,7 @@ def validate_only(
     return summary
 
 
-@flow(name="evaluate-only", log_prints=True)
+@flow(name="evaluate-only", log_prints=True, persist_result=False)
 def evaluate_only(
     params_path: str = "params.yaml",
     overrides: dict[str, Any] | None = None,
@@ -520,7 +531,7 @@ def evaluate_only(
         lock_timeout_s: how long to wait for another run of this project to finish.
     """
     params = load_params(params_path, overrides)
-    with pipeline_lock(LOCK_FILE, lock_timeout_s, _holder(), get_run_logger().info):
+    with pipeline_lock(None, lock_timeout_s, _holder(), get_run_logger().info):
         evaluation = _evaluate(params)
         release = _release(params, evaluation["decision"], release=False)
     return {"evaluate": evaluation["decision"], "report": evaluation["report"], "release": release}

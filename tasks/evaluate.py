@@ -233,7 +233,7 @@ def evaluate(
         "skipped_models": skipped,
         "data_version": version,
     }
-    with staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir, [features_dir, models_dir], owned="catalogue.json") as tmp:
         write_json(cards, tmp / "cards.json")
         write_json(_metrics_json(scored), tmp / "metrics.json")
         pl.DataFrame([_flat_row(row) for row in rows]).write_csv(tmp / "metrics.csv")

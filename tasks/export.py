@@ -102,7 +102,7 @@ def export(
         raise RecsysError(f"{out}: already exists; export again in a second")
 
     try:
-        with staged_dir(out) as tmp, torch.no_grad():
+        with staged_dir(out, [model_dir, features_dir]) as tmp, torch.no_grad():
             graphs, scorer = _write_graphs(spec, net, data, tmp)
             users, rows = held_out_rows(data.test_input, data.test_target, parity_users, seed)
             parity = check_parity(_eager_scorer(net), scorer, rows, users)

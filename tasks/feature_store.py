@@ -18,8 +18,8 @@ import yaml
 
 from recsys_models.data import FeatureData
 from tasks.errors import RecsysError
-from tasks.io import file_sha256
-from tasks.protocol import PROTOCOLS
+from tasks.io import file_sha256, recover
+from tasks.params import PROTOCOLS
 from tasks.sequences import csr, padded_tail
 
 MANIFEST = "manifest.json"
@@ -99,6 +99,8 @@ class _Checked:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        if not folder.exists():
+            recover(folder)  # a features run killed between its two renames left it aside
         path = folder / MANIFEST
         if not path.is_file():
             raise RecsysError(f"{path}: not found; run `recsys features` first")

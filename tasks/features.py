@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ TRAIN, VAL, TEST = 0, 1, 2
 SPLITS = {"train": TRAIN, "val": VAL, "test": TEST}
 SPLIT_COLUMNS = ["user_idx", "item_idx", "timestamp", "rating"]
 DEDUPE_KEY = ["u", "i", "timestamp", "rating"]  # the four canonical columns, ids as codes
+# Padded-sequence arrays alive at once in _write_sequences: the train and the test inputs.
+SEQUENCE_ARRAYS = 2
 
 # Lower bounds of the MovieLens-1M age groups: ML-1M's pre-coded ages (1, 18, 25, ...) and raw
 # ages (ML-100K) land in the same buckets, so models see one vocabulary for both.
@@ -81,6 +84,7 @@ def build_features(
 
     frame, user_map, item_map, counts = clean_interactions(source, params)
     n_users, n_items = user_map.height, item_map.height
+    check_sequence_memory(n_users, params.max_seq_len, available_memory())
     seq_users = frame["user_idx"].to_numpy()
     seq_items = frame["item_idx"].to_numpy()
     loo, short_users = loo_labels(seq_users, n_users)
@@ -90,7 +94,8 @@ def build_features(
     )
     temporal = temporal_labels(timestamps, val_start, test_start)
 
-    with staged_dir(out_dir) as tmp:
+    inputs = [interim_dir] + ([validation_dir] if validation_dir is not None else [])
+    with staged_dir(out_dir, inputs, owned=MANIFEST_FILE) as tmp:
         write_parquet(user_map, tmp / "user_map.parquet")
         write_parquet(item_map, tmp / "item_map.parquet")
         write_parquet(frame, tmp / "interactions.parquet")
@@ -184,6 +189,39 @@ def _check_params(params: FeaturesParams) -> None:
     else:
         return
     raise RecsysError(f"params.yaml features: {problem}")
+
+
+def check_sequence_memory(n_users: int, max_seq_len: int, available: int | None) -> None:
+    """Refuse a max_seq_len whose padded arrays cannot fit, before allocating them.
+
+    Each is (n_users + 1) x max_seq_len int32 and SEQUENCE_ARRAYS are held at once; without
+    this a large max_seq_len ends in numpy's MemoryError ("Unable to allocate 1.10 TiB") after
+    the whole stage has run. `available` None (unknown) skips the check.
+    """
+    needed = SEQUENCE_ARRAYS * (n_users + 1) * max_seq_len * np.dtype(np.int32).itemsize
+    if available is not None and needed > available:
+        raise RecsysError(
+            f"params.yaml features.max_seq_len={max_seq_len}: the padded sequences of "
+            f"{n_users} users need {_size(needed)} of memory, {_size(available)} is available"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable, else free pages), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 def check_validation(interim_dir: Path, validation_dir: Path, input_hashes: dict) -> None:

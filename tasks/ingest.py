@@ -19,6 +19,7 @@ from tasks.movielens import read_movielens
 from tasks.readers import (
     Tables,
     check_columns,
+    first_line,
     read_text,
     reading,
     require_file,
@@ -82,7 +83,7 @@ def ingest(
         outputs[ITEMS_FILE] = conform_items(tables.items)
     if tables.users is not None:
         outputs[USERS_FILE] = tables.users.with_columns(pl.col(USER_ID).cast(pl.String))
-    with staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir, [path], owned=INTERACTIONS_FILE) as tmp:
         for name, frame in outputs.items():
             write_parquet(frame, tmp / name)
     return {
@@ -222,6 +223,8 @@ def _source_names(columns: ColumnMap, found: list[str]) -> dict[str, str]:
 
 def _parse_interactions(raw: pl.DataFrame, file: Path, names: dict[str, str]) -> pl.DataFrame:
     """Canonical types; null ids pass through for the validate stage to report."""
+    for name in ("user_id", "item_id"):
+        _check_id_type(raw[name].dtype, file, names[name])
     rating = (
         to_float(raw["rating"], file, names["rating"])
         if "rating" in names
@@ -230,14 +233,29 @@ def _parse_interactions(raw: pl.DataFrame, file: Path, names: dict[str, str]) ->
     parsed = raw.with_columns(
         timestamp=to_epoch_seconds(raw["timestamp"], file, names["timestamp"]), rating=rating
     )
-    return conform_interactions(parsed)
+    try:
+        return conform_interactions(parsed)
+    except pl.exceptions.PolarsError as exc:  # e.g. binary ids that are not UTF-8
+        raise RecsysError(f"{file}: cannot convert to text ids ({first_line(exc)})") from exc
+
+
+def _check_id_type(dtype: pl.DataType, file: Path, column: str) -> None:
+    """Ids become strings. A list or struct has no string form that means one id: Polars
+    refuses to cast a list and turns a struct into text like "{1}", so both are refused here."""
+    if dtype.is_nested():
+        raise RecsysError(
+            f"{file}: column {column!r} has type {dtype}; expected one id per row, "
+            "as text or an integer"
+        )
 
 
 def to_epoch_seconds(values: pl.Series, file: Path, column: str) -> pl.Series:
     """Integer epoch seconds from integers, dates, datetimes or their text forms.
 
     Text is read as integers when the first value is one, else as dates/times (naive ones as
-    UTC); a value that does not fit the chosen reading is an error, never a silent null.
+    UTC); a value that does not fit the chosen reading is an error, never a silent null. So a
+    column that mixes forms (integer epochs in some rows, date strings in others) is refused,
+    naming a row of each form: the first value's form is the one expected.
     """
     dtype = values.dtype
     if dtype.is_integer():
@@ -251,13 +269,40 @@ def to_epoch_seconds(values: pl.Series, file: Path, column: str) -> pl.Series:
         return parsed
     if dtype == pl.String:
         text = values.str.strip_chars()
-        if text.drop_nulls().head(1).cast(pl.Int64, strict=False).null_count() == 0:
-            parsed = text.cast(pl.Int64, strict=False)
+        given = text.is_not_null().arg_true()
+        if given.len() == 0:
+            return text.cast(pl.Int64)
+        first = int(given[0])
+        if text[first : first + 1].cast(pl.Int64, strict=False).null_count() == 0:
+            parsed, form = text.cast(pl.Int64, strict=False), "integer epoch seconds"
         else:
-            parsed = _parse_datetimes(text)
-        _check_parsed(values, parsed, file, column, TIMESTAMP_FORMS)
+            parsed, form = _parse_datetimes(text), "dates/times"
+        _check_timestamps(values, parsed, file, column, form, first)
         return parsed
     raise RecsysError(f"{file}: column {column!r} has type {dtype}; expected {TIMESTAMP_FORMS}")
+
+
+def _check_timestamps(
+    raw: pl.Series, parsed: pl.Series, file: Path, column: str, form: str, first: int
+) -> None:
+    """Name a row that does not fit and, as the example of what is expected, the first value.
+
+    Rows are counted from 1 (the header not counted).
+    """
+    bad = (raw.is_not_null() & parsed.is_null()).arg_true()
+    if bad.len() == 0:
+        return
+    row = int(bad[0])
+    if row == first:  # the first value sets the form, and it is neither form
+        raise RecsysError(
+            f"{file}: column {column!r}: its first value {raw[row]!r} (row {row + 1}) is not "
+            f"{TIMESTAMP_FORMS}"
+        )
+    raise RecsysError(
+        f"{file}: column {column!r} has {bad.len()} value(s) that are not {form} like its "
+        f"first value {raw[first]!r} (row {first + 1}), e.g. {raw[row]!r} (row {row + 1}); "
+        "use one timestamp form in every row"
+    )
 
 
 def _parse_datetimes(text: pl.Series) -> pl.Series:

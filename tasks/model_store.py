@@ -14,18 +14,31 @@ refitted or retrained to learn its shapes.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from recsys_models.registry import model_names, model_spec
 from recsys_models.spec import ModelSpec
 from tasks.errors import RecsysError
-from tasks.io import atomic_path, file_sha256, write_json
+from tasks.io import atomic_path, crash_point, file_sha256, write_json
 from tasks.params import build_config
 
 WEIGHTS = "weights.pt"
+PREVIOUS = ".weights.pt.previous"  # the old weights while save_model swaps in new ones
 CONFIG = "config.json"
 METRICS = "metrics.json"
+
+
+def _recorded_weights(folder: Path, record: dict[str, Any]) -> Path:
+    """The weights file config.json names: weights.pt, or the previous weights when a save
+    was killed between its two renames (see save_model)."""
+    for path in (folder / WEIGHTS, folder / PREVIOUS):
+        if path.is_file() and file_sha256(path) == record.get("weights_sha256"):
+            return path
+    if not (folder / WEIGHTS).is_file():
+        raise RecsysError(f"{folder / WEIGHTS}: missing (train the model first: recsys train)")
+    raise RecsysError(f"{folder / WEIGHTS}: sha256 differs from the one {folder / CONFIG} records")
 
 
 def model_dir(models_root: str | Path, name: str, protocol: str = "loo") -> Path:
@@ -79,21 +92,37 @@ def staleness(folder: Path, manifest_sha: str, protocol: str) -> str | None:
     """Why a trained model cannot be used with these features (None: it can). A model
     trained on other features would score the wrong users and items."""
     recorded = read_record(folder)["data"]
-    if recorded.get("manifest_sha256") != manifest_sha:
-        return "trained on other features"
+    trained_on = str(recorded.get("manifest_sha256"))
+    if trained_on != manifest_sha:
+        return f"trained on features {trained_on[:12]}, not these ({manifest_sha[:12]})"
     if recorded.get("protocol", "loo") != protocol:
         return f"trained on the {recorded.get('protocol')} protocol"
     return None
 
 
 def save_model(net: Any, folder: Path, record: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """weights.pt, then config.json naming its sha256, then metrics.json, each atomically."""
+    """Write weights.pt and config.json as one unit, then metrics.json.
+
+    Both files are written in full under temporary names first. The old weights stay linked
+    as .weights.pt.previous until the new config.json is in place, so a process killed
+    between the two renames leaves a folder whose config.json still names weights that exist
+    (load_model falls back to them): the previous model stays loadable at every instant.
+    """
     import torch
 
     folder = Path(folder)
-    with atomic_path(folder / WEIGHTS) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-    write_json(record | {"weights_sha256": file_sha256(folder / WEIGHTS)}, folder / CONFIG)
+    weights, config, previous = folder / WEIGHTS, folder / CONFIG, folder / PREVIOUS
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(config) as new_config:
+        with atomic_path(weights) as new_weights:  # renamed onto weights.pt on leaving
+            torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, new_weights)
+            record = record | {"weights_sha256": file_sha256(new_weights)}
+            new_config.write_text(json.dumps(record, indent=2, default=str) + "\n")
+            if weights.exists():
+                previous.unlink(missing_ok=True)
+                os.link(weights, previous)
+        crash_point("save_model:between-weights-and-config")
+    previous.unlink(missing_ok=True)
     write_json(metrics, folder / METRICS)
 
 
@@ -107,11 +136,7 @@ def load_model(folder: str | Path, data: Any) -> Any:
 
     folder = Path(folder)
     record = read_record(folder)
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise RecsysError(f"{weights}: missing (train the model first: recsys train)")
-    if file_sha256(weights) != record.get("weights_sha256"):
-        raise RecsysError(f"{weights}: sha256 differs from the one {folder / CONFIG} records")
+    weights = _recorded_weights(folder, record)
     name = record["model"]
     config = model_config(name, record["config"], "config", str(folder / CONFIG))
     net = spec(name).restore(data, config)

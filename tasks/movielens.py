@@ -197,7 +197,7 @@ def _md5(path: Path) -> str:
 
 def _unpack_grouplens(name: str, release: Release, archive: Path, out_dir: Path) -> Path:
     """Copy the files the reader needs, and the README (the licence), out of the zip."""
-    with reading(archive), zipfile.ZipFile(archive) as zf, staged_dir(out_dir) as tmp:
+    with reading(archive), zipfile.ZipFile(archive) as zf, staged_dir(out_dir, [archive]) as tmp:
         members = _members_by_name(zf)
         missing = [f for f in release.files if f not in members]
         if missing:
@@ -221,7 +221,7 @@ def _unpack_grouplens(name: str, release: Release, archive: Path, out_dir: Path)
 
 def _fetch_from_recbole(out_dir: Path, cache: Path) -> Path:
     wheel = _recbole_wheel(cache)
-    with reading(wheel), zipfile.ZipFile(wheel) as zf, staged_dir(out_dir) as tmp:
+    with reading(wheel), zipfile.ZipFile(wheel) as zf, staged_dir(out_dir, [wheel]) as tmp:
         for file in RECBOLE_FILES:
             _copy_member(zf, f"{RECBOLE_DIR}/{file}", tmp / file)
         write_json(

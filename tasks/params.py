@@ -1,12 +1,15 @@
 """params.yaml read into typed config objects: the one source of parameters.
 
 Unknown or mistyped keys are errors, so a typo in params.yaml never silently falls back to a
-default.
+default. Values are checked for range and consistency when the file is loaded (each section's
+`check`), so a bad number stops the run before any stage starts, instead of training without
+bound, replacing a good report or failing deep inside a stage with a library error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +21,52 @@ import yaml
 from recsys_models.registry import model_names
 from tasks.errors import RecsysError
 
+# Closed sets of choices. Lightning's own lists (lightning 2.x): accelerators it registers plus
+# its "gpu" and "auto" aliases; precisions its connector accepts as text. Unknown values would
+# otherwise surface as a Lightning traceback at the start of training.
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = (
+    "auto",
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16",
+    "bf16",
+    "32",
+    "64",
+)
+PARALLEL = ("none", "threads", "dask")
+# The evaluation protocols (tasks/protocol.py); loo, leave-one-out by time, is the primary one.
+PROTOCOLS = ("loo", "temporal")
+# SASRec's attention holds batch x heads x max_seq_len^2 float scores per layer: at 4096 a batch
+# of 128 already needs 8 GiB per layer, and the features stage writes (users + 1) x
+# max_seq_len int32 arrays (2.7 GB each for MovieLens-25M's 162k users). No model here reads a
+# history that long; the features stage also checks its arrays against the memory available.
+MAX_SEQ_LEN = 4096
+MAX_SEED = 2**32 - 1  # numpy and Lightning seeds are unsigned 32-bit
+
+
+def _check(ok: bool, source: str, key: str, rule: str, value: Any) -> None:
+    """One line naming the file, the key, the rule it breaks and the value it has."""
+    if not ok:
+        raise RecsysError(f"{source}: {key} must be {rule}, got {value!r}")
+
+
+def _check_paths(section: Any, names: tuple[str, ...], where: str, source: str) -> None:
+    """An empty path is the current folder: a stage would replace the whole working folder."""
+    for name in names:
+        value = getattr(section, name)
+        _check(bool(value.strip()), source, f"{where}.{name}", "a non-empty path", value)
+
+
+def _check_choice(value: str, choices: tuple[str, ...], key: str, source: str) -> None:
+    _check(value in choices, source, key, f"one of {', '.join(choices)}", value)
+
 
 @dataclass(frozen=True)
 class IngestParams:
@@ -25,11 +74,22 @@ class IngestParams:
     path: str = "data/raw/ml-100k"
     out: str = "data/interim"
 
+    def check(self, where: str, source: str) -> None:
+        # source is checked by the ingest stage, which owns the list of sources
+        _check_paths(self, ("path", "out"), where, source)
+
 
 @dataclass(frozen=True)
 class DriftParams:
     max_row_change: float = 0.5
     max_popularity_shift: float = 0.3
+
+    def check(self, where: str, source: str) -> None:
+        key = f"{where}.max_row_change"
+        _check(self.max_row_change >= 0, source, key, ">= 0", self.max_row_change)
+        key = f"{where}.max_popularity_shift"
+        shift = self.max_popularity_shift
+        _check(0 <= shift <= 1, source, key, "in [0, 1] (a total variation distance)", shift)
 
 
 @dataclass(frozen=True)
@@ -41,7 +101,24 @@ class ValidateParams:
     timestamp_max_future_days: int = 1
     min_interactions_per_user: int = 3
     max_duplicate_fraction: float = 0.05
+    max_id_length: int = 256  # characters; longer user or item ids fail validation
     drift: DriftParams = field(default_factory=DriftParams)
+
+    def check(self, where: str, source: str) -> None:
+        _check_paths(self, ("out",), where, source)
+        low, high = self.rating_min, self.rating_max
+        _check(math.isfinite(low), source, f"{where}.rating_min", "a finite number", low)
+        _check(math.isfinite(high), source, f"{where}.rating_max", "a finite number", high)
+        _check(low < high, source, f"{where}.rating_min", f"< rating_max ({high})", low)
+        days = self.timestamp_max_future_days
+        _check(days >= 0, source, f"{where}.timestamp_max_future_days", ">= 0", days)
+        least = self.min_interactions_per_user
+        _check(least >= 1, source, f"{where}.min_interactions_per_user", ">= 1", least)
+        share = self.max_duplicate_fraction
+        _check(0 <= share <= 1, source, f"{where}.max_duplicate_fraction", "in [0, 1]", share)
+        length = self.max_id_length
+        _check(length >= 1, source, f"{where}.max_id_length", ">= 1", length)
+        self.drift.check(f"{where}.drift", source)
 
 
 @dataclass(frozen=True)
@@ -53,6 +130,20 @@ class FeaturesParams:
     temporal_val_fraction: float = 0.1
     temporal_test_fraction: float = 0.1
     year_bucket_size: int = 10
+
+    def check(self, where: str, source: str) -> None:
+        _check_paths(self, ("out",), where, source)
+        for name in ("min_user_interactions", "min_item_interactions", "year_bucket_size"):
+            value = getattr(self, name)
+            _check(value >= 1, source, f"{where}.{name}", ">= 1", value)
+        length = self.max_seq_len
+        rule = f"between 1 and {MAX_SEQ_LEN} (see MAX_SEQ_LEN in tasks/params.py)"
+        _check(1 <= length <= MAX_SEQ_LEN, source, f"{where}.max_seq_len", rule, length)
+        val, test = self.temporal_val_fraction, self.temporal_test_fraction
+        _check(0 < test < 1, source, f"{where}.temporal_test_fraction", "in (0, 1)", test)
+        _check(0 <= val < 1, source, f"{where}.temporal_val_fraction", "in [0, 1)", val)
+        rule = f"< 1 - temporal_test_fraction ({test}), so some time is left to train on"
+        _check(val + test < 1, source, f"{where}.temporal_val_fraction", rule, val)
 
 
 # What the Prefect flow trains when params.yaml does not say; every name is in the registry.
@@ -86,6 +177,20 @@ class TrainParams:
         """params.yaml `train.<name>`: the model's Config fields ({} where none are set)."""
         return dict(self.sections.get(name) or {})
 
+    def check(self, where: str, source: str) -> None:
+        """The trainer's settings; each model's section is checked by its own Config."""
+        _check_paths(self, ("out",), where, source)
+        _check(bool(self.models), source, f"{where}.models", "a non-empty list", list(self.models))
+        _check(self.max_epochs >= 1, source, f"{where}.max_epochs", ">= 1", self.max_epochs)
+        _check(self.patience >= 0, source, f"{where}.patience", ">= 0", self.patience)
+        for name in ("eval_batch_size", "devices", "workers"):
+            value = getattr(self, name)
+            _check(value >= 1, source, f"{where}.{name}", ">= 1", value)
+        _check_choice(self.accelerator, ACCELERATORS, f"{where}.accelerator", source)
+        _check_choice(self.parallel, PARALLEL, f"{where}.parallel", source)
+        _check_choice(self.precision, PRECISIONS, f"{where}.precision", source)
+        # strategy is open-ended (Lightning's registry, plugins): Lightning checks it
+
 
 @dataclass(frozen=True)
 class GuardrailParams:
@@ -96,12 +201,26 @@ class GuardrailParams:
     max_diversity_drop: float = 0.1  # relative, on intra-list diversity
     max_popularity_bias_increase: float = 0.05  # absolute, on the mean popularity percentile
 
+    def check(self, where: str, source: str) -> None:
+        # Each is a share (relative drop) or a difference of percentiles: within [0, 1].
+        for name in ("max_coverage_drop", "max_diversity_drop", "max_popularity_bias_increase"):
+            value = getattr(self, name)
+            _check(0 <= value <= 1, source, f"{where}.{name}", "in [0, 1]", value)
+
 
 @dataclass(frozen=True)
 class SegmentParams:
     cold_history_max: int = 30  # users with at most this many interactions before the target
     heavy_history_min: int = 200  # users with at least this many
     head_item_fraction: float = 0.2  # the most popular items, by training count: the head
+
+    def check(self, where: str, source: str) -> None:
+        cold, heavy = self.cold_history_max, self.heavy_history_min
+        _check(cold >= 0, source, f"{where}.cold_history_max", ">= 0", cold)
+        rule = f"> cold_history_max ({cold})"
+        _check(heavy > cold, source, f"{where}.heavy_history_min", rule, heavy)
+        head = self.head_item_fraction
+        _check(0 < head < 1, source, f"{where}.head_item_fraction", "in (0, 1)", head)
 
 
 @dataclass(frozen=True)
@@ -118,6 +237,23 @@ class EvaluateParams:
     guardrails: GuardrailParams = field(default_factory=GuardrailParams)
     segments: SegmentParams = field(default_factory=SegmentParams)
 
+    def check(self, where: str, source: str) -> None:
+        """The primary metric is checked by the evaluate stage (its list lives with torch)."""
+        _check_paths(self, ("out", "artifacts"), where, source)
+        protocols = list(self.protocols)
+        rule = f"a list of {', '.join(PROTOCOLS)} that includes loo (the primary protocol)"
+        ok = "loo" in protocols and set(protocols) <= set(PROTOCOLS)
+        _check(ok, source, f"{where}.protocols", rule, protocols)
+        names = model_names()
+        for name in self.baselines:
+            _check(name in names, source, f"{where}.baselines", "registered models", name)
+        for name in ("sampled_negatives", "bootstrap_samples", "memory_budget_mb"):
+            value = getattr(self, name)
+            _check(value >= 1, source, f"{where}.{name}", ">= 1", value)
+        _check(0 < self.alpha < 1, source, f"{where}.alpha", "in (0, 1)", self.alpha)
+        self.guardrails.check(f"{where}.guardrails", source)
+        self.segments.check(f"{where}.segments", source)
+
 
 @dataclass(frozen=True)
 class Params:
@@ -127,6 +263,17 @@ class Params:
     features: FeaturesParams = field(default_factory=FeaturesParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+    def check(self, source: str) -> None:
+        """Every section's ranges and consistency; the first problem is the error."""
+        _check(0 <= self.seed <= MAX_SEED, source, "seed", f"in [0, {MAX_SEED}]", self.seed)
+        for name in ("ingest", "validate", "features", "train", "evaluate"):
+            getattr(self, name).check(name, source)
+
+
+# The top-level keys every params file must have: seed, ingest, validate, features, train,
+# evaluate.
+SECTIONS = tuple(f.name for f in dataclasses.fields(Params))
 
 
 def _build(cls: type, data: Any, where: str, source: str) -> Any:
@@ -197,18 +344,20 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
 def load_params(
     path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None
 ) -> Params:
-    """Read params.yaml (defaults when it is missing) and apply dotted-key overrides.
+    """Read params.yaml, apply dotted-key overrides and check every value's range.
+
+    A params file that is absent gives the defaults (the tests and one-off runs pass a path
+    that does not exist and set what they need by overrides). A file that exists must be a
+    complete params file: empty, or without one of the top-level sections (SECTIONS), is an
+    error naming the section, so a truncated or mistaken file is never quietly completed with
+    defaults. Inside a section, keys that are not written keep their defaults, so a new
+    parameter does not break older params files.
 
     Overrides use the same dotted names as `dvc exp run -S`, e.g. {"features.max_seq_len": 100},
     so a Prefect run and a DVC experiment change parameters the same way.
     """
     p = Path(path)
-    data: dict[str, Any] = {}
-    if p.exists():
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise RecsysError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    data = _read_file(p) if p.exists() else {}
     for key, value in (overrides or {}).items():
         node = data
         *parents, leaf = key.split(".")
@@ -217,7 +366,30 @@ def load_params(
             if not isinstance(node, dict):
                 raise RecsysError(f"override {key}: {part} is not a section")
         node[leaf] = value
-    return _build(Params, data, "", str(p))
+    params = _build(Params, data, "", str(p))
+    params.check(str(p))
+    return params
+
+
+def _read_file(p: Path) -> dict[str, Any]:
+    """The file's mapping, with every top-level section present."""
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise RecsysError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecsysError(f"{p}: cannot read ({exc})") from exc
+    if data is None:
+        raise RecsysError(f"{p}: is empty; a params file needs the sections {', '.join(SECTIONS)}")
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise RecsysError(f"{p}: top level must be a mapping of sections, got a {kind}")
+    missing = [name for name in SECTIONS if name not in data]
+    if missing:
+        raise RecsysError(
+            f"{p}: missing section {missing[0]} (a params file needs {', '.join(SECTIONS)})"
+        )
+    return data
 
 
 def as_dict(params: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from typing import Any
 from recsys_models.metrics import KS
 from tasks.errors import RecsysError
 
-PROTOCOLS = ("loo", "temporal")  # loo, leave-one-out by time, is the primary protocol
 BEYOND_K = 10
 HISTORY_BUCKETS = (0, 20, 50, 100, 200, 500)  # lower edges, for NDCG@10 by history length
 PRIMARY_METRICS = tuple(

@@ -101,11 +101,18 @@ def champion_folder(artifacts_dir: str | Path, champion: dict[str, Any]) -> Path
     return Path(artifacts_dir) / model / version
 
 
-def promote(artifacts_dir: str | Path, name: str, version: str, reason: str = "") -> dict[str, Any]:
+def promote(
+    artifacts_dir: str | Path,
+    name: str,
+    version: str,
+    reason: str = "",
+    features_sha256: str | None = None,
+) -> dict[str, Any]:
     """Make artifacts/<name>/<version> the champion; return the new pointer.
 
     The version must exist and its manifest must be intact (every sha256 matches, parity
-    passed); only then is champion.json replaced, atomically.
+    passed); with `features_sha256`, it must also have been exported from those features (the
+    ones the promotion decision was made on). Only then is champion.json replaced, atomically.
     """
     root = Path(artifacts_dir)
     folder = champion_folder(root, {"model": name, "version": version})
@@ -117,6 +124,12 @@ def promote(artifacts_dir: str | Path, name: str, version: str, reason: str = ""
     if manifest["name"] != name or manifest["version"] != version:
         raise RecsysError(
             f"promote: {folder / MANIFEST} describes {manifest['name']}/{manifest['version']}"
+        )
+    exported_from = (manifest.get("data") or {}).get("features_manifest_sha256")
+    if features_sha256 is not None and exported_from != features_sha256:
+        raise RecsysError(
+            f"promote: {folder} was exported from features {str(exported_from)[:12]}, "
+            f"not {features_sha256[:12]} (the features this decision was made on)"
         )
     pointer = {
         "model": name,

@@ -59,7 +59,7 @@ def synthesize(
             }
         )
     )
-    with staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir, owned=INTERACTIONS_FILE) as tmp:
         write_parquet(interactions, tmp / INTERACTIONS_FILE)
         write_parquet(world.items_table(), tmp / ITEMS_FILE)
     return {

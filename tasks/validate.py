@@ -44,6 +44,10 @@ SUMMARY_FILE = "summary.json"
 DOCS_DIR = "data_docs"
 DAY_SECONDS = 86_400
 MAX_EXAMPLES = 5
+# Control characters (NUL, tab, newline, ..., DEL) inside an id: a broken export or encoding.
+# Such ids print like clean ones, so "u1\x00" silently becomes a second, phantom user "u1".
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
+SHOWN_ID_CHARACTERS = 40  # a longer id is cut short in the failure lines
 # Asks GX for counts, a sample of failing values and their row positions, not every failing row.
 RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
 
@@ -58,6 +62,9 @@ class Batch:
     expectations: list[gxe.Expectation]
     unit: str | None = None  # what one row is ("rows", "users", "items"); None: a one-row frame
     id_column: str | None = None  # shown as the example of a failing row
+    # Derived columns whose failures are shown as "row N (value)": the value alone (NaN) would
+    # not say which row of the input holds it.
+    located: tuple[str, ...] = ()
 
 
 @dataclass
@@ -128,7 +135,7 @@ def validate(interim_dir: Path, out_dir: Path, params: ValidateParams) -> dict[s
         items_path = paths[schema.ITEMS_FILE] if usable.get(schema.ITEMS_FILE) else None
         batches += _aggregate_batches(user_counts, profile, items_path, figures, drift, params)
 
-    with staged_dir(out_dir) as stage:
+    with staged_dir(out_dir, [interim_dir], owned=SUMMARY_FILE) as stage:
         outcomes = _run_great_expectations(batches, stage / DOCS_DIR)
         success = all(o.success for o in outcomes)
         if drift is not None:
@@ -220,9 +227,7 @@ def _aggregate_batches(
     drift: dict[str, Any] | None,
     params: ValidateParams,
 ) -> list[Batch]:
-    batches = [_user_batch(user_counts, params)]
-    if items_path is not None:
-        batches.append(_membership_batch(profile, items_path))
+    batches = [_user_batch(user_counts, params), _item_batch(profile, items_path, params)]
     batches.append(_duplicates_batch(figures, params))
     if drift is not None:
         batches.append(_drift_batch(drift))
@@ -230,6 +235,20 @@ def _aggregate_batches(
 
 
 def _row_batch(df: pl.DataFrame, params: ValidateParams) -> Batch:
+    """The per-row checks. Ratings may be null (implicit feedback) but never NaN or infinite:
+    pandas reads NaN as null, so the range check alone would pass NaN, and one NaN rating
+    turns a rating model's loss into NaN. A derived text column names each NaN/inf rating; the
+    rating column itself shows them as null, so each is reported once, not also as out of range.
+    """
+    rating = pl.col("rating")
+    finite = rating.is_finite() | rating.is_null()
+    df = df.with_columns(
+        rating_not_finite=pl.when(rating.is_nan())
+        .then(pl.lit("NaN"))
+        .when(~finite)
+        .then(pl.when(rating > 0).then(pl.lit("inf")).otherwise(pl.lit("-inf"))),
+        rating=pl.when(finite).then(rating),
+    )
     latest = int(time.time()) + params.timestamp_max_future_days * DAY_SECONDS
     checks = [
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
@@ -248,8 +267,19 @@ def _row_batch(df: pl.DataFrame, params: ValidateParams) -> Batch:
             max_value=params.rating_max,
             notes="nulls are allowed (implicit feedback)",
         ),
+        gxe.ExpectColumnValuesToBeNull(
+            column="rating_not_finite",
+            notes="derived: the rating where it is NaN or infinite, else null",
+        ),
     ]
-    return Batch("interactions", schema.INTERACTIONS_FILE, _pandas_view(df), checks, unit="rows")
+    return Batch(
+        "interactions",
+        schema.INTERACTIONS_FILE,
+        _pandas_view(df),
+        checks,
+        unit="rows",
+        located=("rating_not_finite",),
+    )
 
 
 def _pandas_view(df: pl.DataFrame) -> pd.DataFrame:
@@ -293,6 +323,24 @@ def _count_duplicates(df: pl.DataFrame) -> int:
     return candidates.height - candidates.n_unique()
 
 
+def _id_checks(column: str, params: ValidateParams) -> list[gxe.Expectation]:
+    """Checked once per distinct id, not per row: the frames are small and the examples name
+    the offending ids."""
+    return [
+        gxe.ExpectColumnValuesToNotMatchRegex(
+            column=column,
+            regex=CONTROL_CHARACTERS,
+            notes="control characters (NUL, tab, newline, ...) in an id: a broken export",
+        ),
+        gxe.ExpectColumnValueLengthsToBeBetween(
+            column=column,
+            min_value=1,
+            max_value=params.max_id_length,
+            notes="characters; validate.max_id_length in params.yaml",
+        ),
+    ]
+
+
 def _user_batch(user_counts: pl.DataFrame, params: ValidateParams) -> Batch:
     counts = user_counts.rename({"interactions": "interactions_per_user"})
     check = gxe.ExpectColumnValuesToBeBetween(
@@ -301,29 +349,36 @@ def _user_batch(user_counts: pl.DataFrame, params: ValidateParams) -> Batch:
         notes="one row per user; leave-one-out needs train, validation and test items",
     )
     frame = _pandas_view(counts)
+    checks = [*_id_checks("user_id", params), check]
     return Batch(
-        "interactions_per_user", schema.INTERACTIONS_FILE, frame, [check], "users", "user_id"
+        "interactions_per_user", schema.INTERACTIONS_FILE, frame, checks, "users", "user_id"
     )
 
 
-def _membership_batch(profile: pl.DataFrame, items_path: Path) -> Batch:
-    """A flag per distinct interaction item: the item table's ids never go into the suite itself
-    (a value set of every item id would bloat the suite and the Data Docs)."""
-    known = _read_parquet(items_path, lambda p: pl.read_parquet(p, columns=["item_id"]))
-    known = known.unique().with_columns(pl.lit(True).alias("in_item_table"))
-    frame = profile.join(known, on="item_id", how="left").with_columns(
-        pl.col("in_item_table").fill_null(False)
-    )
-    check = gxe.ExpectColumnValuesToBeInSet(
-        column="in_item_table",
-        value_set=[True],
-        notes=f"one row per item of the interactions: is it in {schema.ITEMS_FILE}?",
-    )
+def _item_batch(profile: pl.DataFrame, items_path: Path | None, params: ValidateParams) -> Batch:
+    """One row per distinct interaction item: its id, and where the item table exists a flag
+    saying whether the item is in it (the item table's ids never go into the suite itself: a
+    value set of every item id would bloat the suite and the Data Docs)."""
+    frame = profile
+    checks = _id_checks("item_id", params)
+    if items_path is not None:
+        known = _read_parquet(items_path, lambda p: pl.read_parquet(p, columns=["item_id"]))
+        known = known.unique().with_columns(pl.lit(True).alias("in_item_table"))
+        frame = profile.join(known, on="item_id", how="left").with_columns(
+            pl.col("in_item_table").fill_null(False)
+        )
+        checks.append(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="in_item_table",
+                value_set=[True],
+                notes=f"one row per item of the interactions: is it in {schema.ITEMS_FILE}?",
+            )
+        )
     return Batch(
         "interaction_items",
         schema.INTERACTIONS_FILE,
         _pandas_view(frame),
-        [check],
+        checks,
         "items",
         "item_id",
     )
@@ -460,13 +515,15 @@ def _outcome(batch: Batch, result: Any) -> Outcome:
         bounds=_bounds(kwargs),
         success=bool(result.success) and error is None,
         unexpected_count=int(details.get("unexpected_count") or (0 if result.success else 1)),
-        examples=[] if result.success else _examples(batch, details),
+        examples=[] if result.success else _examples(batch, kwargs.get("column"), details),
         unit=batch.unit,
         error=error,
     )
 
 
 def _bounds(kwargs: dict[str, Any]) -> str:
+    if "regex" in kwargs:
+        return kwargs["regex"]
     if "value_set" in kwargs:
         return str(list(kwargs["value_set"]))
     if "column_set" in kwargs:
@@ -481,11 +538,15 @@ def _number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _examples(batch: Batch, details: dict[str, Any]) -> list[Any]:
+def _examples(batch: Batch, column: str | None, details: dict[str, Any]) -> list[Any]:
     """A few failing values; the row's id where a value alone would not say which row (nulls)."""
     if "observed_value" in details:
         return [_observed(details)]
-    if batch.id_column:
+    if column in batch.located:
+        values = details.get("partial_unexpected_list", [])
+        rows = details.get("partial_unexpected_index_list", [])
+        picks = [f"row {row} ({value})" for row, value in zip(rows, values, strict=False)]
+    elif batch.id_column:
         picks = [_row_example(row, batch.id_column) for row in _index_rows(details)]
     elif all(pd.isna(v) for v in details.get("partial_unexpected_list", [])):
         picks = [f"row {i}" for i in details.get("partial_unexpected_index_list", [])]
@@ -498,7 +559,17 @@ def _row_example(row: dict[str, Any], id_column: str) -> str:
     """`u7 (1)` for a count; just `i9` for a flag, where the value adds nothing."""
     values = [_plain(v) for k, v in row.items() if k != id_column]
     values = [v for v in values if not isinstance(v, bool)]
-    return f"{row[id_column]} ({values[0]})" if values else str(row[id_column])
+    shown = _shown_id(row[id_column])
+    return f"{shown} ({values[0]})" if values else shown
+
+
+def _shown_id(value: Any) -> str:
+    """An id as it can be printed on one line: quoted with escapes where it holds a control
+    character (a NUL or newline would corrupt the line) or is empty, cut short where long."""
+    text = str(value)
+    head = text[:SHOWN_ID_CHARACTERS]
+    shown = head if head.isprintable() and head else repr(head)
+    return shown if len(text) == len(head) else f"{shown}... ({len(text)} characters)"
 
 
 def _index_rows(details: dict[str, Any]) -> list[dict[str, Any]]:

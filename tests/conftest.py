@@ -108,6 +108,13 @@ def prefect_server(tmp_path: Path) -> Iterator[str]:
         stop(proc)
 
 
+@pytest.fixture(autouse=True)
+def own_pipeline_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's CLI commands and flows lock a file of their own: tests run side by side
+    (pytest-xdist) and must neither wait for each other nor for a run in the checkout."""
+    monkeypatch.setenv("RECSYS_LOCK_FILE", str(tmp_path / "pipeline.lock"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """The tests' tensors are tiny: a second thread only adds contention on a 2-core machine."""

@@ -18,6 +18,7 @@ from tasks.comparison import bootstrap_interval, compare, paired_stats
 from tasks.errors import RecsysError
 from tasks.evaluate import evaluate
 from tasks.feature_store import load_features
+from tasks.io import file_sha256
 from tasks.model_store import model_dir
 from tasks.params import EvaluateParams, GuardrailParams, Params, TrainParams
 from tasks.protocol import same_protocol
@@ -273,7 +274,7 @@ def test_registry_champion_is_used_and_stale_models_are_refused(trained, tmp_pat
     config["data"]["manifest_sha256"] = "0" * 64
     (stale / "popularity" / "config.json").write_text(json.dumps(config))
     before = (out / "decision.json").read_text()
-    with pytest.raises(RecsysError, match="popularity trained on other features"):
+    with pytest.raises(RecsysError, match="popularity trained on features 000000000000, not"):
         evaluate(features, stale, out, params, dvc_file=tmp_path / "none.dvc")
     assert (out / "decision.json").read_text() == before  # the earlier report is intact
 
@@ -282,8 +283,13 @@ def test_registry_champion_is_used_and_stale_models_are_refused(trained, tmp_pat
         shutil.copytree(models / name, stale / name, ignore=shutil.ignore_patterns("temporal"))
     summary = evaluate(features, stale, out, params, dvc_file=tmp_path / "none.dvc")
     assert set(summary["models"]) == {"itemknn", "ease"}
+    current = file_sha256(features / "manifest.json")[:12]
     assert summary["decision"]["skipped_models"] == [
-        {"model": "popularity", "protocol": "loo", "reason": "trained on other features"}
+        {
+            "model": "popularity",
+            "protocol": "loo",
+            "reason": f"trained on features 000000000000, not these ({current})",
+        }
     ]
 
 

@@ -268,9 +268,21 @@ def test_cli_export_and_promote(setup: dict, tmp_path: Path, capsys):
     version = registry.list_versions(artifacts, "popularity")[0]["version"]
     assert f"recsys promote popularity {version}" in capsys.readouterr().out
     argv = ["promote", "popularity", version, "--artifacts", str(artifacts), "--reason", "cli"]
-    assert main(argv) == 0
+    assert main([*argv, "--features", str(setup["features"])]) == 0
     assert json.loads((artifacts / "champion.json").read_text())["reason"] == "cli"
     assert main(["promote", "popularity", "nope", "--artifacts", str(artifacts)]) == 2
+
+    # Lineage: a version exported from other features is refused, naming both hashes,
+    # unless the promotion is a deliberate rollback to older data.
+    other = tmp_path / "other-features"
+    shutil.copytree(setup["features"], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps(manifest | {"note": "another version"}))
+    assert main([*argv, "--features", str(other)]) == 2
+    err = capsys.readouterr().err
+    exported_from = file_sha256(setup["features"] / "manifest.json")[:12]
+    assert exported_from in err and file_sha256(other / "manifest.json")[:12] in err
+    assert main([*argv, "--features", str(other), "--allow-other-features"]) == 0
 
 
 def test_the_service_serves_every_family_as_champion(setup: dict, tmp_path: Path):

@@ -296,6 +296,13 @@ def _zip_with(target: Path, members: dict[str, str]) -> Path:
     return target
 
 
+def _parquet_file(path: Path, **columns) -> Path:
+    """A two-row interactions file with some columns replaced."""
+    frame = {"user_id": ["1", "1"], "item_id": ["2", "3"], "timestamp": [3, 4]}
+    pl.DataFrame(frame | columns).write_parquet(path)
+    return path
+
+
 def _parquet_bytes() -> bytes:
     buf = io.BytesIO()
     pl.DataFrame({"user_id": ["1"], "item_id": ["2"], "timestamp": [3]}).write_parquet(buf)
@@ -318,8 +325,43 @@ BAD_INPUTS = {
     "non-numeric timestamp": (
         "csv",
         lambda t: _write(t / "log.csv", "user_id,item_id,timestamp\n1,2,100\n1,3,soon\n"),
-        "column 'timestamp' has 1 value(s) that are not integer epoch seconds or a date/time, "
-        "e.g. 'soon'",
+        "column 'timestamp' has 1 value(s) that are not integer epoch seconds like its first "
+        "value '100' (row 1), e.g. 'soon' (row 2)",
+    ),
+    "non-numeric first timestamp": (
+        "csv",
+        lambda t: _write(t / "log.csv", "user_id,item_id,timestamp\n1,2,soon\n1,3,100\n"),
+        "column 'timestamp': its first value 'soon' (row 1) is not integer epoch seconds or a "
+        "date/time",
+    ),
+    # One column, two forms: neither may become nulls or be read in the wrong form.
+    "epochs then a date": (
+        "csv",
+        lambda t: _write(
+            t / "log.csv", "user_id,item_id,timestamp\n1,2,\n1,2,1600000000\n1,3,2020-01-02\n"
+        ),
+        "column 'timestamp' has 1 value(s) that are not integer epoch seconds like its first "
+        "value '1600000000' (row 2), e.g. '2020-01-02' (row 3); use one timestamp form in every "
+        "row",
+    ),
+    "dates then an epoch": (
+        "csv",
+        lambda t: _write(
+            t / "log.csv",
+            "user_id,item_id,timestamp\n1,2,2020-01-01\n1,3,2020-01-02 10:00\n1,4,1600000000\n",
+        ),
+        "column 'timestamp' has 1 value(s) that are not dates/times like its first value "
+        "'2020-01-01' (row 1), e.g. '1600000000' (row 3); use one timestamp form in every row",
+    ),
+    "list-typed user ids": (
+        "parquet",
+        lambda t: _parquet_file(t / "log.parquet", user_id=[["1"], ["2"]]),
+        "log.parquet: column 'user_id' has type List(String); expected one id per row",
+    ),
+    "struct-typed item ids": (
+        "parquet",
+        lambda t: _parquet_file(t / "log.parquet", item_id=[{"a": 1}, {"a": 2}]),
+        "log.parquet: column 'item_id' has type Struct({'a': Int64}); expected one id per row",
     ),
     "non-numeric rating": (
         "csv",

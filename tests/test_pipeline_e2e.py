@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -155,6 +156,33 @@ def test_flow_run_on_a_real_server_completes_and_publishes_the_artifact(
     assert len(report) == 1 and "Champion" in report[0]["data"]
     assert "decision:" in proc.stdout
     assert (project / "reports/evaluation/decision.json").is_file()
+
+    # Nothing pickled is kept: Prefect persisted no result; the stage cache is JSON data.
+    home = tmp_path / "prefect-home"
+    assert [p for p in (home / "storage").rglob("*") if p.is_file()] == []
+    records = sorted((home / "recsys-stage-cache").glob("*.json"))
+    assert records and all(isinstance(json.loads(r.read_text()), dict) for r in records)
+    # A record replaced by a crafted pickle is refused, never executed: the stage reruns.
+    marker = tmp_path / "executed"
+    bomb = pickle.dumps(Bomb(str(marker)))
+    for record in records:
+        record.write_bytes(bomb)
+    run(["recsys", "flow", "run", "--no-fetch"], project, env)
+    assert not marker.exists()
+    # the data stages (same inputs, so the same records) ran again and wrote them afresh
+    rewritten = [json.loads(r.read_bytes()) for r in records if r.read_bytes()[:1] == b"{"]
+    outs = {record["out"] for record in rewritten}
+    assert {"data/interim", "reports/validation"} <= outs
+
+
+class Bomb:
+    """Unpickling it would create `path`: the proof that a cache record was executed."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
 
 
 def test_flow_trains_models_side_by_side_on_a_dask_cluster(

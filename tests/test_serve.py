@@ -1,12 +1,15 @@
 """The HTTP service, run as a real uvicorn subprocess on a loopback port against a temporary
-artifacts folder: every endpoint, the fallback, 4xx answers, hot reload under load and a
-corrupted champion refused while the running one keeps serving."""
+artifacts folder: every endpoint, the fallback, 4xx answers, hot reload under load, a
+corrupted champion refused while the running one keeps serving (or, at start, the newest good
+version served instead), and the limits that keep hostile clients from exhausting the process:
+body size, header and idle timeouts, strict integers."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +24,7 @@ import onnxruntime as ort
 import polars as pl
 import pytest
 
+from deploy import service
 from tasks import export as export_stage
 from tasks import registry
 from tasks import train as train_stage
@@ -67,11 +71,12 @@ def fresh_artifacts(exported: dict, tmp_path: Path, champion: str | None) -> Pat
 
 
 @contextlib.contextmanager
-def server(artifacts: Path, log: Path) -> Iterator[httpx.Client]:
-    """`python -m deploy.service` on a free loopback port; yields a client bound to it."""
+def server(artifacts: Path, log: Path, *extra: str) -> Iterator[httpx.Client]:
+    """`python -m deploy.service` on a free loopback port (`extra`: more command-line
+    options); yields a client bound to it."""
     port = free_port()
     cmd = [sys.executable, "-m", "deploy.service", "--artifacts", str(artifacts)]
-    cmd += ["--port", str(port), "--poll", "0.2", "--max-history", str(MAX_HISTORY)]
+    cmd += ["--port", str(port), "--poll", "0.2", "--max-history", str(MAX_HISTORY), *extra]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
@@ -357,6 +362,188 @@ def test_corrupted_new_champion_is_refused_and_the_old_keeps_serving(
         assert client.get("/readyz").json()["version"] == old
         text = client.get("/metrics").text
         assert 'recsys_model_reloads_total{result="refused"} 2.0' in text
+        for reason in ("verify", "load", "pointer"):
+            assert f'recsys_champion_refused_total{{reason="{reason}"}} 1.0' in text
+        assert "recsys_champion_fallbacks_total 0.0" in text  # a model was being served
         assert f'recsys_model_info{{model="sasrec",version="{old}"}} 1.0' in text
     refusals = [line for line in log.read_text().splitlines() if "refusing champion" in line]
     assert len(refusals) == 2 and all(f"still serving sasrec/{old}" in r for r in refusals)
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """(status, body) of one HTTP/1.1 response with a Content-Length, off a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed after {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.lower().split(":", 1) for line in lines[1:])
+    length = int(fields.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), body[:length]
+
+
+def wait_closed(sock: socket.socket, deadline: float) -> None:
+    """Return once the server has closed `sock` (recv gives b"" or a reset); fail at
+    `deadline` (time.monotonic()) if it is still open."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError("the server kept the connection open")
+        sock.settimeout(remaining)
+        try:
+            if not sock.recv(65536):
+                return
+        except ConnectionResetError:
+            return
+        except TimeoutError:
+            raise AssertionError("the server kept the connection open") from None
+
+
+def test_request_bodies_over_the_limit_get_413_before_they_are_read(sasrec_server: dict):
+    client, maps = sasrec_server["client"], sasrec_server["maps"]
+    limit = service.MAX_BODY_BYTES
+    address = ("127.0.0.1", client.base_url.port)
+    head = "POST /recommend HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    # 1. a declared length over the limit: refused before a byte of the body is sent
+    with socket.create_connection(address, timeout=30) as sock:
+        sock.sendall(f"{head}Content-Length: {64 * 2**20}\r\n\r\n".encode())
+        status, body = read_response(sock)
+    assert status == 413 and f"at most {limit} bytes" in json.loads(body)["detail"]
+    # 2. a chunked body (no length declared): refused once the bytes received pass the
+    #    limit, with the request still unfinished
+    with socket.create_connection(address, timeout=30) as sock:
+        sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+        for _ in range(limit // 65536 + 1):
+            sock.sendall(chunk)
+        status, body = read_response(sock)
+    assert status == 413 and f"at most {limit} bytes" in json.loads(body)["detail"]
+    # 3. a body of exactly the limit is read as usual
+    payload = json.dumps({"items": [maps.item_id[1]], "k": 3}).encode()
+    padded = payload + b" " * (limit - len(payload))
+    r = client.post("/recommend", content=padded, headers={"content-type": "application/json"})
+    assert r.status_code == 200 and len(r.json()["items"]) == 3
+    # the service keeps answering, and counts the refusals
+    assert client.get("/healthz").status_code == 200
+    text = client.get("/metrics").text
+    assert 'recsys_requests_total{endpoint="/recommend",method="POST",status="413"} 2.0' in text
+
+
+def test_idle_and_slow_connections_are_closed(exported: dict, tmp_path: Path):
+    artifacts = fresh_artifacts(exported, tmp_path, "popularity")
+    options = ["--header-timeout", "3", "--keep-alive-timeout", "2", "--limit-concurrency", "4"]
+    with server(artifacts, tmp_path / "serve.log", *options) as client:
+        address = ("127.0.0.1", client.base_url.port)
+        idle = [socket.create_connection(address, timeout=30) for _ in range(2)]  # send nothing
+        slow = socket.create_connection(address, timeout=30)
+        slow.sendall(b"GET /healthz HT")  # half a request line, then nothing
+        try:
+            # four connections open: the concurrency limit answers 503 (httpx's own
+            # connection, if still open, only adds to it)
+            with socket.create_connection(address, timeout=30) as probe:
+                probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+                assert read_response(probe)[0] == 503
+            deadline = time.monotonic() + 30
+            for sock in [*idle, slow]:
+                wait_closed(sock, deadline)
+        finally:
+            for sock in [*idle, slow]:
+                sock.close()
+
+        # after a request: idle keep-alive is closed; so is a next request whose headers stall
+        kept = socket.create_connection(address, timeout=30)
+        stalled = socket.create_connection(address, timeout=30)
+        try:
+            for sock in (kept, stalled):
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+                assert read_response(sock) == (200, b'{"status":"ok"}')
+            stalled.sendall(b"GET /healthz HTTP/1.1\r\nHost: te")
+            deadline = time.monotonic() + 30
+            wait_closed(kept, deadline)
+            wait_closed(stalled, deadline)
+        finally:
+            kept.close()
+            stalled.close()
+        assert httpx.get(client.base_url.join("/healthz"), timeout=10).status_code == 200
+
+
+def test_integers_must_be_integers_and_no_value_makes_a_500(sasrec_server: dict):
+    client, maps = sasrec_server["client"], sasrec_server["maps"]
+    user, item = next(iter(maps.user_idx)), maps.item_id[1]
+    json_type = {"content-type": "application/json"}
+    # raw JSON text: 1e400 (a float overflowing to inf), NaN and Infinity (which Python's
+    # parser accepts) are not what json.dumps would write
+    bad_k = ["1e400", "-1e400", "NaN", "Infinity", "true", "10.0", '"10"', "-1", "0", "1001"]
+    bad_k += [str(10**30), "null", "[10]"]
+    for k in bad_k:
+        r = client.post(
+            "/recommend", content=f'{{"items": ["{item}"], "k": {k}}}', headers=json_type
+        )
+        assert r.status_code == 422 and r.json()["detail"], (k, r.status_code, r.text)
+    for items in ("[true]", "[2.0]", "[1e400]", "[NaN]", f'["{item}", 2.0]', "[[1]]", '"1"'):
+        r = client.post("/recommend", content=f'{{"items": {items}}}', headers=json_type)
+        assert r.status_code == 422 and r.json()["detail"], (items, r.status_code, r.text)
+    for k in ("10.0", "1e400", "true", "-1", "+10", " 10", "1_0", str(10**30), "\u0661\u0660"):
+        r = client.get(f"/recommend/{user}", params={"k": k})
+        assert r.status_code == 422, (k, r.status_code, r.text)
+        r = client.get(f"/items/{item}/similar", params={"k": k})
+        assert r.status_code == 422, (k, r.status_code, r.text)
+    assert len(client.post("/recommend", json={"items": [item], "k": 10}).json()["items"]) == 10
+    assert len(client.get(f"/recommend/{user}", params={"k": "10"}).json()["items"]) == 10
+    assert len(client.get(f"/items/{item}/similar", params={"k": "3"}).json()["items"]) == 3
+
+
+def flip_bytes(path: Path) -> None:
+    """Tamper with a file in place: same size, other content (so another sha256)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_tampered_champion_at_start_falls_back_to_the_newest_good_version(
+    exported: dict, tmp_path: Path
+):
+    artifacts = fresh_artifacts(exported, tmp_path, "sasrec")
+    champion = artifacts / "sasrec" / exported["sasrec"].name
+    assert "histories.npy" in json.loads((champion / "manifest.json").read_text())["files"]
+    flip_bytes(champion / "histories.npy")
+    good = {name: exported[name].name for name in ("popularity", "two_tower")}
+    newest = max(good, key=good.get)  # version names sort by export time
+    other = min(good, key=good.get)
+    log = tmp_path / "serve.log"
+    with server(artifacts, log) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        body = ready.json()
+        assert (body["model"], body["version"], body["fallback"]) == (newest, good[newest], True)
+        refused = body["refused_champion"]
+        assert (refused["model"], refused["version"]) == ("sasrec", champion.name)
+        r = client.get("/recommend/no-such-user")
+        assert r.status_code == 200 and r.json()["model"] == newest
+        text = client.get("/metrics").text
+        assert "recsys_champion_fallbacks_total 1.0" in text
+        assert 'recsys_champion_refused_total{reason="verify"} 1.0' in text
+        assert "recsys_serving_fallback 1.0" in text
+        assert f'recsys_model_info{{model="{newest}",version="{good[newest]}"}} 1.0' in text
+        assert "sha256 differs" in log.read_text() and "fallback" in log.read_text()
+
+        # promoting the version already served ends the fallback; another one is swapped in
+        registry.promote(artifacts, newest, good[newest], "the fallback, now on purpose")
+        wait_for(lambda: client.get("/readyz").json()["fallback"] is False)
+        assert client.get("/readyz").json()["version"] == good[newest]
+        registry.promote(artifacts, other, good[other], "repair")
+        wait_for(lambda: client.get("/readyz").json()["model"] == other)
+        ready = client.get("/readyz").json()
+        assert (ready["version"], ready["fallback"]) == (good[other], False)
+        assert client.get("/recommend/no-such-user").json()["model"] == other
+        text = client.get("/metrics").text
+        assert "recsys_serving_fallback 0.0" in text
+        assert "recsys_champion_fallbacks_total 1.0" in text

@@ -141,12 +141,10 @@ def test_missing_or_damaged_features_file_is_named(
 def test_model_section_keys_are_checked_against_the_model_config(
     features: Path, tmp_path: Path, capsys
 ):
-    bad = tmp_path / "params.yaml"
-    bad.write_text("train:\n  itemknn:\n    kk: 5\n")
-    argv = ["train", "--model", "itemknn", "--features", str(features), "--params", str(bad)]
-    assert "train.itemknn.kk" in one_line_error(capsys, argv)
-    bad.write_text("train:\n  itemknn:\n    k: 0\n")
-    assert "k must be >= 1" in one_line_error(capsys, argv)
+    argv = ["train", "--model", "itemknn", "--features", str(features)]
+    argv += ["--params", str(tmp_path / "absent.yaml"), "--set"]
+    assert "train.itemknn.kk" in one_line_error(capsys, [*argv, "train.itemknn={kk: 5}"])
+    assert "k must be >= 1" in one_line_error(capsys, [*argv, "train.itemknn={k: 0}"])
 
 
 def test_a_model_that_cannot_be_imported_is_a_clear_error(monkeypatch):
@@ -196,12 +194,14 @@ def test_data_parallel_training_on_two_cpu_processes_agrees_with_one(
         sasrec = {"hidden": 32, "dropout": 0.0, "batch_size": batch_size}
         train = {"accelerator": "cpu", "devices": devices, "max_epochs": 3, "patience": 3}
         train |= {"strategy": "ddp" if devices > 1 else "auto", "sasrec": sasrec}
+        params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+        params["train"].update(train)
         params_file = tmp_path / f"{name}.yaml"
-        params_file.write_text(yaml.safe_dump({"train": train}))
+        params_file.write_text(yaml.safe_dump(params))
         out = tmp_path / name
         cmd = [str(Path(sys.executable).parent / "recsys"), "train", "--model", "sasrec"]
         cmd += ["--features", str(features), "--out", str(out), "--params", str(params_file)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return read_json(out / "metrics.json")
 

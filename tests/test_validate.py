@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from cli import main as cli
 from tasks.errors import RecsysError, ValidationFailed
@@ -16,6 +17,7 @@ from tasks.params import ValidateParams
 from tasks.schema import INTERACTIONS
 from tasks.validate import REFERENCE_FILE, validate
 
+ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_600_000_000
 ITEMS = [f"i{k}" for k in range(6)]
 
@@ -49,10 +51,26 @@ def write_interim(folder: Path, df: pl.DataFrame, items: pl.DataFrame | None = N
     return folder
 
 
-def failure_lines(interim: Path, out: Path) -> list[str]:
+def failure_lines(interim: Path, out: Path, params: ValidateParams | None = None) -> list[str]:
     with pytest.raises(ValidationFailed) as info:
-        validate(interim, out, ValidateParams())
+        validate(interim, out, params or ValidateParams())
     return info.value.lines
+
+
+def with_value(df: pl.DataFrame, column: str, rows: dict[int, object]) -> pl.DataFrame:
+    """df with the values of `column` at the given row positions replaced."""
+    values = df[column].to_list()
+    for row, value in rows.items():
+        values[row] = value
+    return df.with_columns(pl.Series(column, values, dtype=df.schema[column]))
+
+
+def renamed(df: pl.DataFrame, column: str, old: str, new: str) -> pl.DataFrame:
+    """Every row of one id renamed, so only the new id's spelling can fail (no phantom user
+    with too few interactions)."""
+    return df.with_columns(
+        pl.when(pl.col(column) == old).then(pl.lit(new)).otherwise(pl.col(column)).alias(column)
+    )
 
 
 def only_line(lines: list[str]) -> str:
@@ -132,6 +150,87 @@ def test_rating_out_of_range_fails(tmp_path: Path) -> None:
         "interactions.parquet: rating expect_column_values_to_be_between [0.5, 5]: "
         "2 rows, e.g. 7.0, -1.0"
     )
+
+
+def test_nan_and_infinite_ratings_fail_with_their_rows(tmp_path: Path) -> None:
+    # Nulls are fine (implicit feedback); NaN and +-inf are not, and each is reported once
+    # (not also as out of range), by its row in interactions.parquet (counted from 0).
+    nan, inf = float("nan"), float("inf")
+    df = with_value(interactions(), "rating", {2: None, 3: nan, 7: inf, 10: -inf})
+    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
+    assert line == (
+        "interactions.parquet: rating_not_finite expect_column_values_to_be_null: "
+        "3 rows, e.g. row 3 (NaN), row 7 (inf), row 10 (-inf)"
+    )
+    failed = [
+        e
+        for e in json.loads((tmp_path / "r" / "summary.json").read_text())["expectations"]
+        if not e["success"]
+    ]
+    assert [(e["column"], e["unexpected_count"]) for e in failed] == [("rating_not_finite", 3)]
+
+
+@pytest.mark.parametrize("char", ["\x00", "\n", "\t", "\x1f", "\x7f"])
+@pytest.mark.parametrize("column", ["user_id", "item_id"])
+def test_control_characters_in_ids_fail(tmp_path: Path, column: str, char: str) -> None:
+    old = "u1" if column == "user_id" else "i1"
+    bad = f"{old[0]}{char}{old[1]}"
+    df = renamed(interactions(), column, old, bad)
+    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
+    unit = "users" if column == "user_id" else "items"
+    assert line == (
+        f"interactions.parquet: {column} expect_column_values_to_not_match_regex "
+        f"[\\x00-\\x1f\\x7f]: 1 {unit}, e.g. {bad!r}"
+    )
+    assert "\n" not in line and "\x00" not in line  # the id is shown escaped, on one line
+
+
+def test_ids_longer_than_max_id_length_fail(tmp_path: Path) -> None:
+    long_id = "u" * 300
+    df = renamed(interactions(), "user_id", "u1", long_id)
+    interim = write_interim(tmp_path / "i", df)
+    line = only_line(failure_lines(interim, tmp_path / "r"))  # the default limit: 256
+    assert line == (
+        "interactions.parquet: user_id expect_column_value_lengths_to_be_between [1, 256]: "
+        f"1 users, e.g. {'u' * 40}... (300 characters)"
+    )
+    validate(interim, tmp_path / "r", ValidateParams(max_id_length=300))
+    short = renamed(interactions(), "item_id", "i1", "item-1")
+    line = only_line(
+        failure_lines(
+            write_interim(tmp_path / "j", short), tmp_path / "r", ValidateParams(max_id_length=5)
+        )
+    )
+    assert line == (
+        "interactions.parquet: item_id expect_column_value_lengths_to_be_between [1, 5]: "
+        "1 items, e.g. item-1"
+    )
+
+
+def test_empty_ids_fail(tmp_path: Path) -> None:
+    df = renamed(interactions(), "item_id", "i1", "")
+    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
+    assert line == (
+        "interactions.parquet: item_id expect_column_value_lengths_to_be_between [1, 256]: "
+        "1 items, e.g. ''"
+    )
+
+
+def test_a_failed_validation_keeps_the_reference_and_reports_the_failure(tmp_path: Path) -> None:
+    """What a failure leaves in the report folder: the previous validated profile unchanged
+    (the next drift check compares with it), and a summary that says what failed, which the
+    features stage refuses to build from."""
+    out = validated_once(tmp_path)
+    reference = (out / REFERENCE_FILE).read_bytes()
+    bad = renamed(
+        with_value(interactions(), "rating", {0: float("nan")}), "user_id", "u2", "u\x002"
+    )
+    lines = failure_lines(write_interim(tmp_path / "v2", bad), out)
+    assert [line.split(" ")[1] for line in lines] == ["rating_not_finite", "user_id"]
+    assert (out / REFERENCE_FILE).read_bytes() == reference
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["success"] is False and summary["input_hashes"] == dir_hashes(tmp_path / "v2")
+    assert (out / "data_docs" / "index.html").is_file()
 
 
 @pytest.mark.parametrize("when", ["negative", "future"])
@@ -242,7 +341,9 @@ def test_cli_exits_2_with_the_lines_and_no_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # relative paths, as `recsys validate` gets them from params.yaml
-    Path("params.yaml").write_text("validate:\n  rating_max: 4.0\n")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["validate"]["rating_max"] = 4.0
+    Path("params.yaml").write_text(yaml.safe_dump(params))
     write_interim(Path("interim"), interactions())
     args = ["validate", "--interim", "interim", "--out", "report", "--params", "params.yaml"]
     code = cli.main(args)
