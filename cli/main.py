@@ -48,13 +48,11 @@ def print_decision(verdict: dict[str, Any]) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
-
     path = fetch_movielens(args.dataset, Path(args.out), cache_dir=args.cache)
     print(f"fetched {args.dataset} -> {path}")
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-
     p = load_params(args.params, _overrides(args)).ingest
     columns = ColumnMap(
         user=args.user_col, item=args.item_col, time=args.time_col, rating=args.rating_col
@@ -70,7 +68,6 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-
     summary = synthesize(
         out_dir=Path(args.out),
         n_users=args.users,
@@ -94,7 +91,6 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> None:
-
     params = load_params(args.params, _overrides(args))
     summary = build_features(
         interim_dir=Path(args.interim or params.ingest.out),
