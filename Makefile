@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults serve bench-serve prefect clean
+.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate serve bench-serve prefect clean
 
 venv: $(STAMP)
 
@@ -56,7 +56,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-data bench-train bench-eval bench-faults
+bench: bench-data bench-train bench-eval bench-faults bench-gate
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/bench_data.py
@@ -97,6 +97,11 @@ bench-classic: data .venv-peers/.installed
 # bench/results/faults.{json,md}.
 bench-faults: $(STAMP)
 	$(BIN)/python bench/bench_faults.py
+
+# The promotion gate on simulated decisions (no data needed): false promotion rate and power of
+# the Holm-corrected gate against the old uncorrected rule -> bench/results/gate.{json,md}.
+bench-gate: $(STAMP)
+	$(BIN)/python bench/bench_gate.py
 
 # The champion of artifacts/ (recsys export, then recsys promote) behind HTTP on loopback.
 PORT ?= 8000

@@ -31,6 +31,11 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _p(value: Any) -> str:
+    """p-values in scientific notation: 0.0000 would hide 5e-06."""
+    return f"{value:.1e}" if isinstance(value, float) else str(value)
+
+
 def validation_markdown(summary_file: str | Path) -> str:
     """reports/validation/summary.json as a table: verdict, figures, drift, failures, Data Docs.
 
@@ -109,14 +114,22 @@ def decision_markdown(decision: dict[str, Any], plan: dict[str, Any] | None) -> 
         step = f"export {plan['model']}" if plan["model"] else "nothing to export"
         lines.append(f"- this run: {step}; promote: {plan['promote']} ({plan['reason']})")
     if decision.get("evidence"):
-        lines += ["", "| challenger | mean diff | 95% CI | p (Wilcoxon) | guardrails | eligible |"]
-        lines.append("| --- | --- | --- | --- | --- | --- |")
+        lines += ["", f"Correction: {decision.get('correction', 'none recorded')}.", ""]
+        lines.append(
+            "| challenger | mean diff | 95% CI | decision CI | p (Wilcoxon) | p (Holm) "
+            "| guardrails | eligible |"
+        )
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for e in decision["evidence"]:
             low, high = e.get("ci95") or (float("nan"), float("nan"))
+            d_low, d_high = e.get("decision_interval") or (float("nan"), float("nan"))
+            level = e.get("decision_level")
+            at = f" ({level:.2%})" if isinstance(level, float) else ""
             breached = ", ".join(e.get("guardrails_breached") or []) or "ok"
             lines.append(
                 f"| {e['challenger']} | {_cell(e.get('mean_diff'))} | [{low:.4f}, {high:.4f}] | "
-                f"{_cell(e.get('p_wilcoxon'))} | {breached} | {e.get('eligible')} |"
+                f"[{d_low:.4f}, {d_high:.4f}]{at} | {_p(e.get('p_wilcoxon'))} | "
+                f"{_p(e.get('p_holm'))} | {breached} | {e.get('eligible')} |"
             )
     return "\n".join(lines)
 

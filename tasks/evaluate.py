@@ -334,6 +334,8 @@ def decide(
         "champion": champion,
         "champion_source": source,
         "verdict": result["verdict"],
+        "alpha": result["alpha"],
+        "correction": result["correction"],
         "evidence": [
             {k: v for k, v in r.items() if k != "segments"} for r in result["challengers"]
         ],

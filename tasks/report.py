@@ -18,7 +18,7 @@ import matplotlib
 import numpy as np
 import polars as pl
 
-from tasks.comparison import bootstrap_interval
+from tasks.comparison import GUARDRAILS, SEGMENT_LABEL, bootstrap_interval
 from tasks.protocol import HISTORY_BUCKETS, KS, same_protocol
 
 matplotlib.use("Agg")  # no display: the report's plots are PNG files
@@ -58,10 +58,15 @@ def card_line(card: dict[str, Any], users: int | None = None) -> str:
 
 
 def comparison_tables(result: dict[str, Any]) -> list[Table]:
+    """The decision's table (raw and Holm-adjusted p, both intervals, guardrails beside their
+    limits) and the exploratory segment table (Benjamini-Hochberg p, never used to promote)."""
     metric = result["primary_metric"]
     card = card_line(result["card"])
-    head = ["challenger", f"mean diff {metric}", "95% CI", "p (Wilcoxon)", "p (t-test)"]
-    head += ["significant", "guardrails breached", "eligible"]
+    level = result["decision_level"]
+    head = ["challenger", f"mean diff {metric}", "95% CI", f"decision CI ({level:.2%})"]
+    head += ["p (Wilcoxon)", "p (Holm)", "p (t-test)", "significant (Holm)"]
+    head += [f"{m} (limit)" for m in GUARDRAILS]
+    head += ["guardrails breached", "eligible"]
     rows = []
     for r in sorted(result["challengers"], key=lambda r: -r["mean_diff"]):
         rows.append(
@@ -69,14 +74,20 @@ def comparison_tables(result: dict[str, Any]) -> list[Table]:
                 r["challenger"],
                 f"{r['mean_diff']:+.4f}",
                 _interval(r["ci95"]),
-                f"{r['p_wilcoxon']:.2g}",
-                f"{r['p_ttest']:.2g}",
+                _interval(r["decision_interval"]),
+                _p(r["p_wilcoxon"]),
+                _p(r["p_holm"]),
+                _p(r["p_ttest"]),
                 "yes" if r["significant_improvement"] else "no",
+                *[_guardrail(m, r["guardrails"][m]) for m in GUARDRAILS],
                 ", ".join(r["guardrails_breached"]) or "none",
                 "yes" if r["eligible"] else "no",
             ]
         )
-    title = f"Champion {result['champion']} ({result['champion_source']}) vs challengers"
+    title = (
+        f"Champion {result['champion']} ({result['champion_source']}) vs challengers "
+        f"({result['correction']})"
+    )
     tables = [(title, card, head, rows)]
     segments = list(result["challengers"][0]["segments"]) if result["challengers"] else []
     seg_rows = []
@@ -85,14 +96,15 @@ def comparison_tables(result: dict[str, Any]) -> list[Table]:
         for label in segments:
             s = r["segments"][label]
             cells.append(
-                f"{s['mean_diff']:+.4f} {_interval(s['ci95'])} n={s['users']}"
+                f"{s['mean_diff']:+.4f} {_interval(s['ci95'])} n={s['users']} p_BH={_p(s['p_bh'])}"
                 if s["users"]
                 else "n=0"
             )
         seg_rows.append(cells)
     tables.append(
         (
-            f"Paired {metric} difference by segment (mean, 95% CI, users)",
+            f"Paired {metric} difference by segment (mean, 95% CI, users, BH-adjusted p): "
+            f"{SEGMENT_LABEL}",
             card,
             ["challenger", *segments],
             seg_rows,
@@ -105,6 +117,18 @@ def _interval(ci: list[float]) -> str:
     return "n/a" if any(np.isnan(ci)) else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
+def _p(value: float | None) -> str:
+    """Scientific notation (1.4e-01): p-values span many orders of magnitude."""
+    return "n/a" if value is None else f"{value:.1e}"
+
+
+def _guardrail(metric: str, check: dict[str, Any]) -> str:
+    """The challenger's value beside the limit it must respect."""
+    bound = ">=" if GUARDRAILS[metric][0] == "relative_drop" else "<="
+    flag = " BREACHED" if check["breached"] else ""
+    return f"{check['challenger']:.3f} ({bound} {check['limit']:.3f}){flag}"
+
+
 def markdown(tables: list[Table], result: dict[str, Any]) -> str:
     verdict = result["verdict"]
     lines = ["# Offline evaluation: champion vs challenger", ""]
@@ -114,7 +138,8 @@ def markdown(tables: list[Table], result: dict[str, Any]) -> str:
         "",
     ]
     lines += [
-        f"Test: {result['test']}; interval: {result['interval']}; alpha {result['alpha']}.",
+        f"Test: {result['test']}; interval: {result['interval']}; alpha {result['alpha']}; "
+        f"correction: {result['correction']}. Segments: {result['segment_correction']}.",
         "",
     ]
     for title, card, head, rows in tables:
@@ -138,7 +163,8 @@ def page(tables: list[Table], result: dict[str, Any], images: dict[str, str]) ->
         "<h1>Offline evaluation: champion vs challenger</h1>",
         f"<p class='verdict'><b>{html.escape(decision)}</b>: {html.escape(verdict['reason'])}</p>",
         f"<p class='card'>{html.escape(result['test'])}; {html.escape(result['interval'])}; "
-        f"alpha {result['alpha']}</p>",
+        f"alpha {result['alpha']}; correction: {html.escape(result['correction'])}. Segments: "
+        f"{html.escape(result['segment_correction'])}.</p>",
     ]
     for caption, data in images.items():
         parts.append(
@@ -165,7 +191,8 @@ def _png(fig) -> str:
 
 
 def plots(scored, stats, result: dict[str, Any], bootstrap_samples: int, seed: int) -> dict:
-    """Metric bars with 95% intervals, NDCG@10 by history length, the popularity-bias curve."""
+    """Metric bars with 95% intervals, the challengers' forest plot, NDCG@10 by history length,
+    the popularity-bias curve."""
     metric = result["primary_metric"]
     loo = scored["loo"]
     names = sorted(loo, key=lambda n: -loo[n].full[metric])
@@ -185,6 +212,10 @@ def plots(scored, stats, result: dict[str, Any], bootstrap_samples: int, seed: i
     ax.tick_params(axis="x", rotation=45)
     images[f"{metric} per model with 95% bootstrap intervals (red: champion)"] = _png(fig)
     plt.close(fig)
+
+    if result["challengers"]:
+        caption, data = forest_plot(result)
+        images[caption] = data
 
     fig, ax = plt.subplots(figsize=(9, 3.5))
     edges = zip(HISTORY_BUCKETS[:-1], HISTORY_BUCKETS[1:], strict=True)
@@ -215,6 +246,34 @@ def plots(scored, stats, result: dict[str, Any], bootstrap_samples: int, seed: i
     images["popularity bias: where recommendations fall by item popularity"] = _png(fig)
     plt.close(fig)
     return images
+
+
+def forest_plot(result: dict[str, Any]) -> tuple[str, str]:
+    """Each challenger's mean paired difference with its decision interval (thick) and 95%
+    interval (thin) against zero: a challenger is promotable only if its thick bar clears 0."""
+    metric = result["primary_metric"]
+    level = result["decision_level"]
+    rows = sorted(result["challengers"], key=lambda r: r["mean_diff"])
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.35 * len(rows)))
+    for y, r in enumerate(rows):
+        mean = r["mean_diff"]
+        low, high = r["decision_interval"]
+        low95, high95 = r["ci95"]
+        color = "#2ca02c" if r["eligible"] else "#1f77b4"
+        ax.plot([low95, high95], [y, y], color=color, linewidth=1)
+        ax.plot([low, high], [y, y], color=color, linewidth=4, alpha=0.5)
+        ax.plot([mean], [y], "o", color=color)
+    ax.axvline(0.0, color="k", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(rows)), [r["challenger"] for r in rows])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel(f"paired {metric} difference vs {result['champion']} (challenger - champion)")
+    caption = (
+        f"paired {metric} difference per challenger: {level:.2%} decision interval (thick, "
+        f"Bonferroni) and 95% interval (thin) against zero (green: eligible)"
+    )
+    data = _png(fig)
+    plt.close(fig)
+    return caption, data
 
 
 def history_curve(per_user, metric: str) -> list[dict[str, float]]:

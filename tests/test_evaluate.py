@@ -163,9 +163,17 @@ def test_a_clear_improvement_is_promoted_and_a_guardrail_breach_blocks_it():
 
 def test_noise_alone_is_not_significant():
     rng = np.random.default_rng(4)
-    stats = paired_stats(rng.normal(0, 0.2, size=300), EvaluateParams(), 0)
+    diffs = rng.normal(0, 0.2, size=300)
+    stats = paired_stats(diffs, EvaluateParams(), 0)
     assert stats["ci95"][0] < 0 < stats["ci95"][1]
-    assert not stats["significant_improvement"]
+    assert stats["p_wilcoxon"] > EvaluateParams().alpha
+    # Significance is judged by compare(), across the decision's family of challengers.
+    base = rng.random(300)
+    frames = {"champ": _frame(base), "noisy": _frame(base + diffs)}
+    beyond = {"champ": BEYOND, "noisy": dict(BEYOND)}
+    result = compare(frames, beyond, "champ", _masks(frames["champ"]), EvaluateParams(), 0)
+    assert not result["challengers"][0]["significant_improvement"]
+    assert not result["verdict"]["promote"]
 
 
 def test_tables_that_mix_protocols_are_refused():
@@ -217,7 +225,7 @@ def test_evaluate_writes_reports_decision_and_plots(trained, tmp_path: Path):
     for name in ("metrics.json", "metrics.csv", "cards.json", "decision.json", "report.md"):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4  # the forest plot of the challengers
     decision = json.loads((out / "decision.json").read_text())
     assert decision["champion_source"] == "best baseline"
     assert decision["champion"] in ("popularity", "itemknn")
