@@ -13,6 +13,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,25 @@ import yaml
 
 from flows.locking import LockTimeout, pipeline_lock
 from recsys_models.registry import model_names
+from recsys_models.spec import CLOSED_FORM
+from tasks import model_store
 from tasks.errors import RecsysError
 from tasks.features import build_features
 from tasks.ingest import SOURCES, ColumnMap, ingest
 from tasks.io import file_sha256
 from tasks.model_store import model_dir
 from tasks.movielens import fetch_movielens
-from tasks.params import load_params
-from tasks.registry import promote
+from tasks.params import PROTOCOLS, load_params
+from tasks.registry import list_versions, promote, read_champion
 from tasks.synth import synthesize
+
+
+def _version() -> str:
+    """The installed package's version (pyproject.toml)."""
+    try:
+        return metadata.version("recsys-platform")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def print_summary(title: str, summary: dict[str, Any]) -> None:
@@ -149,6 +160,46 @@ def cmd_promote(args: argparse.Namespace) -> None:
     print_summary("champion", pointer)
 
 
+def cmd_models(args: argparse.Namespace) -> None:
+    """Every registered model: its kind, whether it is trained on the current features (per
+    protocol), its exported versions, and which one is the champion."""
+    params = load_params(args.params, _overrides(args))
+    features = Path(params.features.out)
+    current = (
+        file_sha256(features / "manifest.json") if (features / "manifest.json").is_file() else ""
+    )
+    champion = read_champion(Path(args.artifacts)) or {}
+    rows = []
+    for name in model_names():
+        spec = model_store.spec(name)
+        trained = [
+            _trained_state(model_dir(params.train.out, name, protocol), current, protocol)
+            for protocol in PROTOCOLS
+        ]
+        versions = [v["version"] for v in list_versions(Path(args.artifacts), name)]
+        latest = versions[-1] if versions else "-"
+        if champion.get("model") == name:
+            latest = f"{champion['version']} (champion)"
+        kind = "closed-form" if spec.kind == CLOSED_FORM else "gradient"
+        rows.append([name, kind, *trained, str(len(versions)), latest])
+    header = ["model", "kind", *(f"{p} model" for p in PROTOCOLS), "versions", "latest / champion"]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if not champion:
+        print(f"no champion yet in {args.artifacts} (recsys promote MODEL VERSION)")
+
+
+def _trained_state(folder: Path, features_sha: str, protocol: str) -> str:
+    """ "current", "stale" (trained on other features), or "-" (not trained)."""
+    if not (folder / "config.json").is_file():
+        return "-"
+    try:
+        return "stale" if model_store.staleness(folder, features_sha, protocol) else "current"
+    except RecsysError:
+        return "unreadable"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from tasks.evaluate import evaluate
 
@@ -238,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recommender pipeline stages: ingest -> validate -> features -> train.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--lock-timeout",
         type=float,
@@ -338,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="promote a version exported from other features (a rollback to older data)",
     )
+    _add_params(p)
+
+    p = add(
+        "models",
+        cmd_models,
+        "List the registered models: kind, trained on the current features, exported versions "
+        "and the champion.",
+    )
+    p.add_argument("--artifacts", default="artifacts", help="artifacts folder (default: artifacts)")
     _add_params(p)
 
     p = add(
