@@ -25,11 +25,11 @@ from recsys_models.spec import CLOSED_FORM
 from tasks import model_store
 from tasks.errors import RecsysError
 from tasks.features import build_features
-from tasks.ingest import SOURCES, ColumnMap, ingest
+from tasks.ingest import SOURCES, column_map, ingest
 from tasks.io import file_sha256
 from tasks.model_store import model_dir
 from tasks.movielens import fetch_movielens
-from tasks.params import PROTOCOLS, load_params
+from tasks.params import PROTOCOLS, TIME_UNITS, load_params
 from tasks.registry import list_versions, promote, read_champion
 from tasks.synth import synthesize
 
@@ -65,15 +65,20 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     p = load_params(args.params, _overrides(args)).ingest
-    columns = ColumnMap(
-        user=args.user_col, item=args.item_col, time=args.time_col, rating=args.rating_col
+    columns = column_map(
+        p.columns,
+        user=args.user_col,
+        item=args.item_col,
+        time=args.time_col,
+        rating=args.rating_col,
+        time_unit=args.time_unit,
     )
     summary = ingest(
         source=args.source or p.source,
         path=Path(args.path or p.path),
         out_dir=Path(args.out or p.out),
         columns=columns,
-        sep=args.sep,
+        sep=args.sep if args.sep is not None else p.sep,
     )
     print_summary("ingest", summary)
 
@@ -315,11 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", choices=SOURCES, help="source format (default: params.yaml)")
     p.add_argument("--path", help="raw file or folder (default: params.yaml ingest.path)")
     p.add_argument("--out", help="output folder (default: params.yaml ingest.out)")
-    p.add_argument("--user-col", help="csv/parquet: user id column (default: user_id)")
-    p.add_argument("--item-col", help="csv/parquet: item id column (default: item_id)")
-    p.add_argument("--time-col", help="csv/parquet: timestamp column (default: timestamp)")
-    p.add_argument("--rating-col", help="csv/parquet: rating column (optional)")
-    p.add_argument("--sep", help="csv: field delimiter (default: ,)")
+    given = "(default: params.yaml ingest.columns.{}, else {})"
+    p.add_argument(
+        "--user-col", help="csv/parquet: user id column " + given.format("user", "user_id")
+    )
+    p.add_argument(
+        "--item-col", help="csv/parquet: item id column " + given.format("item", "item_id")
+    )
+    p.add_argument(
+        "--time-col", help="csv/parquet: timestamp column " + given.format("time", "timestamp")
+    )
+    p.add_argument("--rating-col", help="csv/parquet: rating column (optional; params.yaml too)")
+    p.add_argument(
+        "--time-unit",
+        choices=TIME_UNITS,
+        help="csv/parquet: unit of integer epochs " + given.format("time_unit", "s"),
+    )
+    p.add_argument("--sep", help="csv: field delimiter (default: params.yaml ingest.sep, else ,)")
     _add_params(p)
 
     p = add("synth", cmd_synth, "Generate synthetic interactions with sequential structure.")

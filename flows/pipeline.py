@@ -33,7 +33,7 @@ from tasks.incoming import (
     reject_incoming,
     stage_incoming,
 )
-from tasks.ingest import ingest
+from tasks.ingest import column_map, ingest
 from tasks.model_store import model_dir
 from tasks.movielens import fetch_movielens
 from tasks.params import Params, TrainParams, load_params
@@ -109,8 +109,15 @@ def reject_incoming_task(staged: dict[str, Any], incoming: str, reason: str) -> 
     **NO_PERSIST,
 )
 @cached_stage("path", out="out")
-def ingest_task(source: str, path: str, out: str) -> dict[str, Any]:
-    return ingest(source=source, path=Path(path), out_dir=Path(out))
+def ingest_task(source: str, path: str, out: str, params: Any) -> dict[str, Any]:
+    """`params`: params.yaml's ingest section (the column map and separator of the source)."""
+    return ingest(
+        source=source,
+        path=Path(path),
+        out_dir=Path(out),
+        columns=column_map(params.columns),
+        sep=params.sep,
+    )
 
 
 @task(name="validate", **NO_PERSIST)
@@ -249,7 +256,7 @@ def _ingest_and_validate(
         staged = _stage_incoming(incoming, raw, source)
         summary["incoming"] = staged
         raw = staged["candidate"] or raw
-    summary["ingest"] = run_stage(ingest_task, source, raw, params.ingest.out)
+    summary["ingest"] = run_stage(ingest_task, source, raw, params.ingest.out, params.ingest)
     logger.info("ingest wrote %s", params.ingest.out)
     try:
         summary["validate"] = run_stage(

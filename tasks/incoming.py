@@ -57,8 +57,8 @@ def pending_files(incoming_dir: str | Path) -> list[Path]:
 
 def raw_file(raw_path: str | Path, source: str) -> Path:
     """The one raw file new rows are appended to."""
-    if source not in APPENDABLE:
-        raise RecsysError(
+    if source not in APPENDABLE:  # the files are rejected with this reason, not left waiting
+        raise BadIncomingFile(
             f"incoming data can be appended to a csv or parquet source, not {source!r} "
             "(set ingest.source/ingest.path to a csv or parquet file)"
         )
@@ -93,7 +93,7 @@ def _conform(frame: pl.DataFrame, file: Path, schema: pl.Schema) -> pl.DataFrame
     try:
         return frame.select(pl.col(name).cast(dtype, strict=True) for name, dtype in schema.items())
     except pl.exceptions.PolarsError as exc:
-        raise RecsysError(
+        raise BadIncomingFile(
             f"{file}: values do not fit the raw data's types: {first_line(exc)}"
         ) from exc
 

@@ -7,6 +7,7 @@ Rows keep their source order: the features stage breaks timestamp ties by it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import polars as pl
 from tasks.errors import RecsysError
 from tasks.io import staged_dir, write_parquet
 from tasks.movielens import read_movielens
+from tasks.params import TIME_UNITS, ColumnsParams
 from tasks.readers import (
     Tables,
     check_columns,
@@ -47,9 +49,14 @@ LIKELY_SEPARATORS = (";", "\t", "|", ",")
 TIMESTAMP_FORMS = "integer epoch seconds or a date/time"
 
 
+# Integer epochs in these units become seconds (the canonical timestamp): units per second.
+PER_SECOND = {unit: 1000**power for power, unit in enumerate(TIME_UNITS)}
+
+
 @dataclass(frozen=True)
 class ColumnMap:
-    """Source column names for csv/parquet; None means the canonical name (user_id ...).
+    """Source column names for csv/parquet; None means the canonical name (user_id ...), and
+    the unit of integer epochs in the time column (dates and datetimes need none).
 
     rating is optional: a missing `rating` column gives null ratings, unless a rating column was
     named explicitly, in which case its absence is an error.
@@ -59,6 +66,14 @@ class ColumnMap:
     item: str | None = None
     time: str | None = None
     rating: str | None = None
+    time_unit: str = "s"
+
+
+def column_map(columns: ColumnsParams, **flags: str | None) -> ColumnMap:
+    """params.yaml's ingest.columns as a ColumnMap; a flag given (not None), such as the
+    CLI's --user-col, takes the place of its field."""
+    fields = dataclasses.asdict(columns) | {k: v for k, v in flags.items() if v is not None}
+    return ColumnMap(**fields)
 
 
 def ingest(
@@ -102,7 +117,11 @@ def _check_options(source: str, columns: ColumnMap, sep: str | None) -> None:
     if source not in SOURCES:
         raise RecsysError(f"unknown source {source!r}; valid sources: {', '.join(SOURCES)}")
     if columns != ColumnMap() and source not in ("csv", "parquet"):
-        raise RecsysError(f"column names (--user-col ...) apply to csv and parquet, not {source}")
+        raise RecsysError(
+            f"column names and time units (--user-col ...) apply to csv and parquet, not {source}"
+        )
+    if columns.time_unit not in PER_SECOND:
+        raise RecsysError(f"time unit {columns.time_unit!r}: choose one of {', '.join(PER_SECOND)}")
     if sep is not None and source != "csv":
         raise RecsysError(f"--sep applies to csv, not {source}")
 
@@ -146,7 +165,7 @@ def read_csv_source(file: Path, columns: ColumnMap, sep: str | None = None) -> T
     check_columns(file, found, list(names.values()), _separator_hint(found, sep))
     with reading(file):
         raw = frame.select(pl.col(src).alias(name) for name, src in names.items()).collect()
-    return Tables(_parse_interactions(raw, file, names))
+    return Tables(_parse_interactions(raw, file, names, columns.time_unit))
 
 
 def read_parquet_source(file: Path, columns: ColumnMap) -> Tables:
@@ -158,7 +177,7 @@ def read_parquet_source(file: Path, columns: ColumnMap) -> Tables:
     check_columns(file, found, list(names.values()))
     with reading(file):
         raw = frame.select(pl.col(src).alias(name) for name, src in names.items()).collect()
-    return Tables(_parse_interactions(raw, file, names))
+    return Tables(_parse_interactions(raw, file, names, columns.time_unit))
 
 
 def read_seq(file: Path) -> Tables:
@@ -221,7 +240,9 @@ def _source_names(columns: ColumnMap, found: list[str]) -> dict[str, str]:
     return names
 
 
-def _parse_interactions(raw: pl.DataFrame, file: Path, names: dict[str, str]) -> pl.DataFrame:
+def _parse_interactions(
+    raw: pl.DataFrame, file: Path, names: dict[str, str], time_unit: str = "s"
+) -> pl.DataFrame:
     """Canonical types; null ids pass through for the validate stage to report."""
     for name in ("user_id", "item_id"):
         _check_id_type(raw[name].dtype, file, names[name])
@@ -231,7 +252,8 @@ def _parse_interactions(raw: pl.DataFrame, file: Path, names: dict[str, str]) ->
         else pl.lit(None, pl.Float64)
     )
     parsed = raw.with_columns(
-        timestamp=to_epoch_seconds(raw["timestamp"], file, names["timestamp"]), rating=rating
+        timestamp=to_epoch_seconds(raw["timestamp"], file, names["timestamp"], time_unit),
+        rating=rating,
     )
     try:
         return conform_interactions(parsed)
@@ -249,8 +271,9 @@ def _check_id_type(dtype: pl.DataType, file: Path, column: str) -> None:
         )
 
 
-def to_epoch_seconds(values: pl.Series, file: Path, column: str) -> pl.Series:
-    """Integer epoch seconds from integers, dates, datetimes or their text forms.
+def to_epoch_seconds(values: pl.Series, file: Path, column: str, unit: str = "s") -> pl.Series:
+    """Integer epoch seconds from integers (epochs in `unit`), dates, datetimes or their text
+    forms.
 
     Text is read as integers when the first value is one, else as dates/times (naive ones as
     UTC); a value that does not fit the chosen reading is an error, never a silent null. So a
@@ -258,15 +281,16 @@ def to_epoch_seconds(values: pl.Series, file: Path, column: str) -> pl.Series:
     naming a row of each form: the first value's form is the one expected.
     """
     dtype = values.dtype
+    per_second = PER_SECOND[unit]
     if dtype.is_integer():
-        return values.cast(pl.Int64)
+        return values.cast(pl.Int64) // per_second
     if isinstance(dtype, pl.Datetime) or dtype == pl.Date:
         return values.dt.epoch("s")
     if dtype.is_float():
         whole = values.is_finite() & (values == values.floor())
         parsed = pl.select(pl.when(whole).then(values.cast(pl.Int64, strict=False))).to_series()
         _check_parsed(values, parsed, file, column, TIMESTAMP_FORMS)
-        return parsed
+        return parsed // per_second
     if dtype == pl.String:
         text = values.str.strip_chars()
         given = text.is_not_null().arg_true()
@@ -274,7 +298,10 @@ def to_epoch_seconds(values: pl.Series, file: Path, column: str) -> pl.Series:
             return text.cast(pl.Int64)
         first = int(given[0])
         if text[first : first + 1].cast(pl.Int64, strict=False).null_count() == 0:
-            parsed, form = text.cast(pl.Int64, strict=False), "integer epoch seconds"
+            parsed, form = (
+                text.cast(pl.Int64, strict=False) // per_second,
+                "integer epoch seconds" if unit == "s" else f"integer epochs in {unit}",
+            )
         else:
             parsed, form = _parse_datetimes(text), "dates/times"
         _check_timestamps(values, parsed, file, column, form, first)

@@ -41,6 +41,7 @@ PRECISIONS = (
     "64",
 )
 PARALLEL = ("none", "threads", "dask")
+TIME_UNITS = ("s", "ms", "us", "ns")  # of integer epochs; each 1000 times the one before
 # The evaluation protocols (tasks/protocol.py); loo, leave-one-out by time, is the primary one.
 PROTOCOLS = ("loo", "temporal")
 # SASRec's attention holds batch x heads x max_seq_len^2 float scores per layer: at 4096 a batch
@@ -69,14 +70,40 @@ def _check_choice(value: str, choices: tuple[str, ...], key: str, source: str) -
 
 
 @dataclass(frozen=True)
+class ColumnsParams:
+    """csv/parquet sources: the source's column names (null: the canonical user_id, item_id,
+    timestamp, rating) and the unit of integer epochs in the time column."""
+
+    user: str | None = None
+    item: str | None = None
+    time: str | None = None
+    rating: str | None = None
+    time_unit: str = "s"  # s|ms|us|ns; dates and datetimes need none
+
+    def check(self, where: str, source: str) -> None:
+        for name in ("user", "item", "time", "rating"):
+            value = getattr(self, name)
+            ok = value is None or bool(value.strip())
+            _check(ok, source, f"{where}.{name}", "a column name or null", value)
+        _check_choice(self.time_unit, TIME_UNITS, f"{where}.time_unit", source)
+
+
+@dataclass(frozen=True)
 class IngestParams:
+    """The whole source description: what DVC, the Prefect flows and `recsys ingest` read (the
+    CLI's flags override it)."""
+
     source: str = "movielens-100k"
     path: str = "data/raw/ml-100k"
     out: str = "data/interim"
+    sep: str | None = None  # csv only: the field delimiter (null: ",")
+    columns: ColumnsParams = field(default_factory=ColumnsParams)
 
     def check(self, where: str, source: str) -> None:
         # source is checked by the ingest stage, which owns the list of sources
         _check_paths(self, ("path", "out"), where, source)
+        _check(self.sep is None or len(self.sep) >= 1, source, f"{where}.sep", "text", self.sep)
+        self.columns.check(f"{where}.columns", source)
 
 
 @dataclass(frozen=True)

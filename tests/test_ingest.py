@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from cli import main as cli
 from tasks import movielens
@@ -27,6 +28,8 @@ USERS_SCHEMA = {
     "occupation": pl.String,
     "zip_code": pl.String,
 }
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_out(out: Path) -> dict[str, pl.DataFrame]:
@@ -539,3 +542,44 @@ def test_fetch_falls_back_to_the_recbole_wheel(tmp_path, monkeypatch):
     assert t["users"].height == 943 and t["items"].height == 1682
     genres = set(t["items"]["genres"].explode().drop_nulls())
     assert genres == set(movielens.GENRES_100K)
+
+
+def test_a_csv_with_its_own_columns_is_described_in_params_alone(tmp_path: Path, monkeypatch):
+    """`uid;sku;ts;stars` with millisecond epochs: params.yaml's ingest section is all `recsys
+    ingest` (and so `dvc repro` and the flow) needs; a CLI flag still overrides it."""
+    monkeypatch.chdir(tmp_path)
+    rows = [
+        "uid;sku;ts;stars",
+        "u1;a;1600000000000;4",
+        "u1;b;1600000060000;5",
+        "u2;a;1600000120500;3",
+    ]
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["ingest"] |= {
+        "source": "csv",
+        "path": "log.csv",
+        "out": "interim",
+        "sep": ";",
+        "columns": {
+            "user": "uid",
+            "item": "sku",
+            "time": "ts",
+            "rating": "stars",
+            "time_unit": "ms",
+        },
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert cli.main(["ingest"]) == 0
+    table = pl.read_parquet(tmp_path / "interim" / "interactions.parquet")
+    assert table["user_id"].to_list() == ["u1", "u1", "u2"]
+    assert table["timestamp"].to_list() == [1_600_000_000, 1_600_000_060, 1_600_000_120]
+    assert table["rating"].to_list() == [4.0, 5.0, 3.0]
+
+    assert cli.main(["ingest", "--time-unit", "s", "--out", "interim"]) == 0  # a flag overrides
+    again = pl.read_parquet(tmp_path / "interim" / "interactions.parquet")
+    assert again["timestamp"].to_list()[0] == 1_600_000_000_000
+
+    params["ingest"]["columns"]["time_unit"] = "minutes"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert cli.main(["ingest"]) == 2  # one line naming ingest.columns.time_unit
