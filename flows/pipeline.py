@@ -140,7 +140,8 @@ def features_task(interim: str, out: str, params: Any, seed: int, validation: st
     )
 
 
-@task(name="train", **NO_PERSIST)
+# Each training run is named for what it trains, so the UI tells models and protocols apart.
+@task(name="train", task_run_name="train-{model}-{protocol}", **NO_PERSIST)
 @cached_stage(
     "features",
     out="out",
