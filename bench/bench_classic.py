@@ -35,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, run_timed, torch_info  # noqa: E402
+from bench.common import machine, run_timed, torch_info, write_results  # noqa: E402
 from recsys_models.registry import model_names  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -98,9 +98,7 @@ def main() -> None:
 
 def write(out: Path, rows: list[dict], rating: dict | None) -> dict:
     result = merge(out / "classic.json", rows, rating)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "classic.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "classic.md").write_text(markdown(result))
+    write_results(out, "classic", result, markdown(result))
     return result
 
 

@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
-from bench.common import machine, run_timed  # noqa: E402
+from bench.common import machine, run_timed, write_results  # noqa: E402
 
 STAGES = ("ingest", "validate", "features")
 
@@ -114,9 +114,7 @@ def main() -> None:
             rows.append(bench_size(n, args.repeats, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
     result = {"benchmark": "data stages", "machine": machine(), "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "data.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "data.md").write_text(markdown(result))
+    write_results(args.out, "data", result, markdown(result))
     print(markdown(result))
 
 

@@ -28,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.bench_data import sizes_for  # noqa: E402
-from bench.common import machine, run_timed, torch_info  # noqa: E402
+from bench.common import machine, run_timed, torch_info, write_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 RECSYS = [sys.executable, "-m", "cli.main"]
@@ -48,9 +48,7 @@ def main() -> None:
         rows.append(bench_synthetic(n))
         print(json.dumps(rows[-1]), flush=True)
     result = {"machine": f"{machine()}, {torch_info()}", "rows": merge(rows)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "eval.md").write_text(markdown(result))
+    write_results(RESULTS, "eval", result, markdown(result))
     print(markdown(result))
 
 

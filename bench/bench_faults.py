@@ -16,7 +16,6 @@ a missing output as lost. Writes bench/results/faults.json and bench/results/fau
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_results  # noqa: E402
 from tasks import registry  # noqa: E402
 from tasks.errors import RecsysError  # noqa: E402
 from tasks.feature_store import load_features  # noqa: E402
@@ -152,9 +151,7 @@ def main() -> None:
         "lost": sum(len(r["lost"]) for r in rounds),
         "temporary_leftovers_at_end": leftovers,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "faults.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "faults.md").write_text(markdown(result))
+    write_results(args.out, "faults", result, markdown(result))
     print(markdown(result))
 
 

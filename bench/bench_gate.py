@@ -36,7 +36,7 @@ from scipy import optimize, stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_results  # noqa: E402
 from tasks.comparison import compare  # noqa: E402
 from tasks.params import EvaluateParams  # noqa: E402
 
@@ -213,9 +213,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gate.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "gate.md").write_text(markdown(result))
+    write_results(args.out, "gate", result, markdown(result))
     print(markdown(result))
 
 

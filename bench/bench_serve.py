@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import http.client
-import json
 import os
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, torch_info  # noqa: E402
+from bench.common import machine, torch_info, write_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -85,9 +84,7 @@ def main() -> None:
         "http": http_rows,
         "load_generator": "closed loop, one Python thread per client, keep-alive http.client",
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "serve.md").write_text(markdown(result))
+    write_results(args.out, "serve", result, markdown(result))
     print(markdown(result))
 
 

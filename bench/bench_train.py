@@ -37,7 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, run_timed, torch_info  # noqa: E402
+from bench.common import machine, run_timed, torch_info, write_results  # noqa: E402
 from tasks.io import file_sha256  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -97,9 +97,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = merge(args.out / "train.json", rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "train.md").write_text(markdown(result))
+    write_results(args.out, "train", result, markdown(result))
     print(markdown(result))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -42,3 +43,10 @@ def torch_info() -> str:
     import torch
 
     return f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def write_results(folder: Path, name: str, result: dict, table: str) -> None:
+    """A benchmark's figures as bench/results/<name>.json and its markdown table <name>.md."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(table)
