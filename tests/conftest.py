@@ -27,12 +27,15 @@ def api_call(api: str, path: str, body: dict | None = None, method: str = "POST"
     """The REST calls the Prefect UI makes (the 3.8 client sends nulls this server refuses).
 
     A 503 is retried: Prefect's SQLite-backed server answers it while the database is busy,
-    which on a loaded 2-core machine happens; the UI retries such calls too.
+    which on a loaded 2-core machine happens; the UI retries such calls too. A read (GET or a
+    /filter query) that times out for the same reason is retried as well; a call that creates
+    something is not, since it may have gone through.
     """
     import json
     import urllib.error
 
     data = None if body is None else json.dumps(body).encode()
+    read = method == "GET" or path.endswith("/filter")
     for attempt in range(6):
         req = urllib.request.Request(
             api + path, data=data, method=method, headers={"Content-Type": "application/json"}
@@ -43,7 +46,10 @@ def api_call(api: str, path: str, body: dict | None = None, method: str = "POST"
         except urllib.error.HTTPError as exc:
             if exc.code != 503 or attempt == 5:
                 raise
-            time.sleep(1 + attempt)
+        except TimeoutError:
+            if not read or attempt == 5:
+                raise
+        time.sleep(1 + attempt)
     raise AssertionError("unreachable")
 
 
