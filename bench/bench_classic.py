@@ -103,13 +103,13 @@ def write(out: Path, rows: list[dict], rating: dict | None) -> dict:
 
 
 def bench_ours(name: str, data, args, out: Path) -> dict:
-    from tasks.model_store import load_model
+    from tasks.model_store import load_model, read_metrics
     from tasks.train import evaluate_model
 
     cmd = [sys.executable, "-m", "cli.main", "train", "--model", name]
     cmd += ["--features", str(args.features), "--out", str(out), "--params", str(args.params)]
     wall, rss = run_timed(cmd, out.parent / f"{name}.log")
-    val = json.loads((out / "metrics.json").read_text())
+    val = read_metrics(out)
     net = load_model(out, data)
     test = evaluate_model(net, data, "test")
     return {

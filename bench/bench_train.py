@@ -102,11 +102,11 @@ def main() -> None:
 
 
 def bench_ours(name: str, data, params, args, out: Path) -> dict:
-    from tasks.model_store import load_model
+    from tasks.model_store import load_model, read_metrics
     from tasks.train import evaluate_model
 
     wall, rss = run_timed(train_command(name, args, out), out.parent / f"{name}.log")
-    val = json.loads((out / "metrics.json").read_text())
+    val = read_metrics(out)
     test = evaluate_model(load_model(out, data), data, "test")
     row = {
         "model": name,
@@ -126,7 +126,7 @@ def bench_ours(name: str, data, params, args, out: Path) -> dict:
         for seed in args.sasrec_seeds:
             seeded = out.parent / f"{name}-seed{seed}"
             run_timed(train_command(name, args, seeded, seed), out.parent / f"{seeded.name}.log")
-            seed_val = json.loads((seeded / "metrics.json").read_text())
+            seed_val = read_metrics(seeded)
             seed_test = evaluate_model(load_model(seeded, data), data, "test")
             row["seeds"].append(seed_summary(seed, seed_val, seed_test))
     return row

@@ -57,7 +57,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from deploy.model import Recommendation, ServedModel, VerificationError
+from tasks.artifact_store import Recommendation, ServedModel, VerificationError
 from tasks.errors import RecsysError
 from tasks.registry import champion_folder, list_versions, read_champion
 

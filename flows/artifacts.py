@@ -102,13 +102,14 @@ def metrics_markdown(models: dict[str, dict[str, Any]], primary: str) -> str:
 def decision_markdown(decision: dict[str, Any], plan: dict[str, Any] | None) -> str:
     verdict = decision["verdict"]
     action = f"promote **{verdict['model']}**" if verdict["promote"] else "keep the champion"
+    features_sha = str(decision.get("data_version", {}).get("features_manifest_sha256"))
     lines = [
         f"# Decision: {action}",
         "",
         f"- reason: {verdict['reason']}",
         f"- champion evaluated: {decision['champion']} ({decision.get('champion_source')})",
         f"- primary metric: {decision['primary']['metric']}",
-        f"- decided at: {decision.get('decided_at')}",
+        f"- data version: features {features_sha[:12]}",
     ]
     if plan is not None:
         step = f"export {plan['model']}" if plan["model"] else "nothing to export"

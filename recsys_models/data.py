@@ -38,6 +38,9 @@ class FeatureData:
     # Explicit rating of each training row (aligned with train_users), for rating models only;
     # None when the source has no ratings or any training row lacks one.
     train_ratings: np.ndarray | None = None
+    # When each training row happened (aligned with train_users), in the source's time unit
+    # (line order for `seq` sources): for models that weigh recent events, e.g. recent popularity.
+    train_times: np.ndarray | None = None
     # Set by the global temporal protocol only (tasks/train.load_features): what each user did
     # before the test cut and every item they consumed after it, both CSR (indptr, items) by
     # user. Leave-one-out derives both from the arrays above: one target, seen = train + val.

@@ -203,11 +203,16 @@ def guardrail_checks(
 
 
 def choose_champion(
-    primary: dict[str, float], registry: dict[str, Any] | None, params: EvaluateParams
+    primary: dict[str, float],
+    registry: dict[str, Any] | None,
+    params: EvaluateParams,
+    served: str | None = None,
 ) -> tuple[str, str]:
-    """The registry's champion when it was evaluated, otherwise the best baseline."""
-    if registry and registry.get("model") in primary:
-        return registry["model"], f"registry (version {registry.get('version')})"
+    """The registry's champion as it is served (`served`: the key its artifact was evaluated
+    under), otherwise the best baseline. A models/<name> folder is never taken for the
+    champion: it may hold a model trained after the served one."""
+    if served and served in primary:
+        return served, f"registry: the served artifact {registry.get('version')} (onnxruntime)"
     baselines = [name for name in params.baselines if name in primary]
     if not baselines:
         raise ValueError(
@@ -215,8 +220,9 @@ def choose_champion(
             "was evaluated"
         )
     best = max(baselines, key=lambda name: primary[name])
-    note = "best baseline" if not registry else f"best baseline ({registry.get('model')} absent)"
-    return best, note
+    if not registry:
+        return best, "best baseline"
+    return best, f"best baseline (the registry's {served} could not be scored as served)"
 
 
 def compare(

@@ -43,10 +43,11 @@ from recsys_models.metrics import (
     target_positions,
 )
 from tasks import comparison, report
+from tasks.artifact_store import RemappedScorer, ServedModel
 from tasks.errors import RecsysError
-from tasks.feature_store import data_version, item_ids, load_features
+from tasks.feature_store import data_version, item_ids, load_features, user_ids
 from tasks.io import staged_dir, write_json
-from tasks.model_store import load_model, model_dir, staleness, trained_models
+from tasks.model_store import load_model, model_dir, read_record, staleness, trained_models
 from tasks.params import Params
 from tasks.protocol import BEYOND_K, CARD_KINDS, KS, PRIMARY_METRICS, protocol_card
 from tasks.registry import read_champion
@@ -109,12 +110,13 @@ def score_model(
     covered = {k: np.zeros(data.n_items + 1, dtype=bool) for k in KS}
     columns: dict[str, list[np.ndarray]] = {}
     start = time.perf_counter()
-    net = net.to(torch.device("cpu")).eval()
+    if isinstance(net, torch.nn.Module):  # otherwise the served champion (RemappedScorer)
+        net = net.to(torch.device("cpu")).eval()
     with torch.no_grad():
         for lo in range(0, len(ds), size):
             batch = ds.collate(ds.users[lo : lo + size].tolist())
             users = batch["user"]
-            scores = net.score(users, batch["history"]).float()
+            scores = torch.as_tensor(net.score(users, batch["history"])).float()
             targets = batch["targets"]
             positions, beaten = target_positions(
                 scores, targets, batch["seen_rows"], batch["seen_cols"]
@@ -293,12 +295,51 @@ def score_all(
             net = load_model(folder, data)
             scored[protocol][name] = score_model(net, data, name, protocol, params, stats)
             print(f"evaluate: {protocol} {name} in {scored[protocol][name].seconds:.2f} s")
+        if protocol == "loo":
+            _score_served_champion(scored["loo"], features_dir, models_dir, data, params, stats)
     if not scored["loo"]:
         raise RecsysError(
             f"{models_dir}: no model trained on these features; retrain (recsys train): "
             + "; ".join(f"{s['model']} {s['reason']}" for s in skipped)
         )
     return {protocol: m for protocol, m in scored.items() if m}, primary_stats, skipped
+
+
+def served_key(pointer: dict[str, Any]) -> str:
+    """The name the served champion is evaluated under, apart from models/<name>."""
+    return f"{pointer['model']}@{pointer['version']}"
+
+
+def _score_served_champion(
+    loo: dict[str, Scored],
+    features_dir: Path,
+    models_dir: Path,
+    data: FeatureData,
+    params: Params,
+    stats: CatalogueStats,
+) -> None:
+    """Score the registry's champion from the artifact the service serves (its ONNX graphs and
+    id maps, through onnxruntime), under `name@version`. models/<name> may hold a model trained
+    since; when it holds the champion's own weights it is not a challenger of itself."""
+    pointer = read_champion(Path(params.evaluate.artifacts))
+    if pointer is None:
+        return
+    folder = Path(params.evaluate.artifacts) / pointer["model"] / pointer["version"]
+    try:
+        served = ServedModel(folder, pointer.get("manifest_sha256"))
+    except RecsysError as exc:
+        print(f"evaluate: the registry's champion cannot be scored as served: {exc}")
+        return
+    scorer = RemappedScorer(served, item_ids(features_dir), user_ids(features_dir))
+    key = served_key(pointer)
+    loo[key] = score_model(scorer, data, key, "loo", params, stats)
+    print(f"evaluate: loo {key} (served artifact, onnxruntime) in {loo[key].seconds:.2f} s")
+    name = pointer["model"]
+    trained = model_dir(models_dir, name)
+    exported = served.manifest.get("params", {}).get("weights_sha256")
+    if name in loo and read_record(trained).get("weights_sha256") == exported:
+        del loo[name]
+        print(f"evaluate: {trained} holds the champion's own weights: not a challenger of itself")
 
 
 def decide(
@@ -312,8 +353,9 @@ def decide(
     p = params.evaluate
     primary = {name: s.full[p.primary_metric] for name, s in loo.items()}
     registry = read_champion(Path(p.artifacts))
+    served = served_key(registry) if registry else None
     try:
-        champion, source = comparison.choose_champion(primary, registry, p)
+        champion, source = comparison.choose_champion(primary, registry, p, served)
     except ValueError as exc:
         raise RecsysError(f"evaluate: {exc}") from exc
     new_items = _new_item_rows(loo[champion].per_user, catalogue, features_dir)
@@ -330,7 +372,6 @@ def decide(
     )
     result |= {"champion_source": source, "registry": registry}
     decision = {
-        "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "champion": champion,
         "champion_source": source,
         "verdict": result["verdict"],

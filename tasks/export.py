@@ -131,7 +131,7 @@ def export(
                 "opset": OPSET,
                 "graphs": graphs,
                 "runtime": _versions(),
-                "metrics": _read_json(model_dir / "metrics.json"),
+                "metrics": model_store.read_metrics(model_dir),
                 "params": config,
                 "data": {
                     "features_manifest_sha256": features_sha,
@@ -482,13 +482,6 @@ def git_commit() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() or None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _versions() -> dict[str, str]:

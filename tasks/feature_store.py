@@ -91,6 +91,7 @@ def load_features(features_dir: str | Path, protocol: str = "loo") -> FeatureDat
         test_target=store.array("loo/test_target.npy", rows),
         item_popularity=store.array("items/popularity.npy", (common["n_items"] + 1,)),
         train_ratings=_ratings(frame),
+        train_times=frame["timestamp"].to_numpy().astype(np.int64),
     )
 
 
@@ -196,6 +197,7 @@ def _temporal_data(
         test_target=first_after(test, has_before),
         item_popularity=np.bincount(train_items, minlength=n_items + 1).astype(np.float32),
         train_ratings=_ratings(train),
+        train_times=train["timestamp"].to_numpy().astype(np.int64),
         test_seen=csr(before_users, before_items, n_users),
         test_target_sets=csr(*ids(targets), n_users),
     )
@@ -224,9 +226,18 @@ def full_histories(features_dir: Path, n_users: int) -> tuple[np.ndarray, np.nda
 
 def item_ids(features_dir: Path) -> np.ndarray:
     """[I+1] object array: the source's item id of each item_idx (index 0, padding: None)."""
-    item_map = pl.read_parquet(_Checked(Path(features_dir)).path(ITEM_MAP))
-    ids = np.empty(int(item_map["item_idx"].max()) + 1, dtype=object)
-    ids[item_map["item_idx"].to_numpy()] = item_map["item_id"].cast(pl.String).to_list()
+    return _ids(features_dir, ITEM_MAP, "item")
+
+
+def user_ids(features_dir: Path) -> np.ndarray:
+    """[U+1] object array: the source's user id of each user_idx (index 0, padding: None)."""
+    return _ids(features_dir, USER_MAP, "user")
+
+
+def _ids(features_dir: Path, name: str, kind: str) -> np.ndarray:
+    table = pl.read_parquet(_Checked(Path(features_dir)).path(name))
+    ids = np.empty(int(table[f"{kind}_idx"].max()) + 1, dtype=object)
+    ids[table[f"{kind}_idx"].to_numpy()] = table[f"{kind}_id"].cast(pl.String).to_list()
     return ids
 
 

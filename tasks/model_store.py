@@ -4,7 +4,10 @@ Layout of models/<name>/ (models/<name>/temporal/ for the global temporal protoc
 - weights.pt    the nn.Module's state_dict (torch.save), nothing else
 - config.json   model name, Config, trainer settings, the features manifest's sha256 and the
                 weights' sha256, so a weights file from another run is refused, not scored
-- metrics.json  validation metrics of the best model (full ranking), epochs, seconds
+- metrics.json  validation metrics of the best model (full ranking) and its epochs: a pure
+                function of data, config and seed, so DVC sees the same file on every run
+- timing.json   how long the training took (wall seconds): kept apart from metrics.json
+                because it differs on every run (.dvcignore keeps it out of DVC's hashes)
 - dvclive/, checkpoints/   training curves, and Lightning's checkpoints for a resume
 
 A model is restored from its weights through its registry entry (ModelSpec.restore): nothing is
@@ -28,6 +31,8 @@ WEIGHTS = "weights.pt"
 PREVIOUS = ".weights.pt.previous"  # the old weights while save_model swaps in new ones
 CONFIG = "config.json"
 METRICS = "metrics.json"
+TIMING = "timing.json"
+TIMING_KEYS = ("train_seconds",)
 
 
 def _recorded_weights(folder: Path, record: dict[str, Any]) -> Path:
@@ -101,7 +106,8 @@ def staleness(folder: Path, manifest_sha: str, protocol: str) -> str | None:
 
 
 def save_model(net: Any, folder: Path, record: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """Write weights.pt and config.json as one unit, then metrics.json.
+    """Write weights.pt and config.json as one unit, then metrics.json and timing.json (the
+    TIMING_KEYS of `metrics`).
 
     Both files are written in full under temporary names first. The old weights stay linked
     as .weights.pt.previous until the new config.json is in place, so a process killed
@@ -123,7 +129,17 @@ def save_model(net: Any, folder: Path, record: dict[str, Any], metrics: dict[str
                 os.link(weights, previous)
         crash_point("save_model:between-weights-and-config")
     previous.unlink(missing_ok=True)
-    write_json(metrics, folder / METRICS)
+    write_json({k: v for k, v in metrics.items() if k not in TIMING_KEYS}, folder / METRICS)
+    write_json({k: metrics[k] for k in TIMING_KEYS if k in metrics}, folder / TIMING)
+
+
+def read_metrics(folder: str | Path) -> dict[str, Any]:
+    """A trained model's validation figures with its training time (metrics.json and
+    timing.json together), as train returned them."""
+    folder = Path(folder)
+    metrics = json.loads((folder / METRICS).read_text())
+    timing = folder / TIMING
+    return metrics | (json.loads(timing.read_text()) if timing.is_file() else {})
 
 
 def load_model(folder: str | Path, data: Any) -> Any:

@@ -256,7 +256,12 @@ class EvaluateParams:
     artifacts: str = "artifacts"  # the registry: artifacts/champion.json names the champion
     protocols: tuple[str, ...] = ("loo", "temporal")  # loo is the primary protocol
     primary_metric: str = "ndcg@10"
-    baselines: tuple[str, ...] = ("popularity", "itemknn", "bpr_mf")  # first champion: the best
+    baselines: tuple[str, ...] = (
+        "popularity",
+        "recent_popularity",
+        "itemknn",
+        "bpr_mf",
+    )  # first champion: the best
     sampled_negatives: int = 100
     alpha: float = 0.05  # significance level of the paired test
     bootstrap_samples: int = 2000
@@ -326,13 +331,15 @@ def _build(cls: type, data: Any, where: str, source: str) -> Any:
 
 def _with_sections(data: dict[str, Any], where: str, source: str) -> dict[str, Any]:
     """train: the registered models' sections gathered under `sections`; every name in
-    train.models must be a registered model."""
+    train.models must be a registered model ("all": every registered model)."""
     names = model_names()
     sections = {}
     for name in [key for key in data if key in names]:
         if not isinstance(data[name] or {}, dict):
             raise RecsysError(f"{source}: {where}.{name} must be a mapping, got {data[name]!r}")
         sections[name] = dict(data[name] or {})
+    if data.get("models") == "all":
+        data = data | {"models": list(names)}
     for name in data.get("models") or ():
         if name not in names:
             raise RecsysError(

@@ -3,11 +3,13 @@ chance (popularity) or than popularity (item-kNN, BPR-MF) on synthetic sequentia
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from recsys_models import bpr_mf, itemknn, popularity
+from recsys_models import bpr_mf, itemknn, popularity, recent_popularity
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.metrics import evaluate
 from tests.conftest import synthetic_features
@@ -47,6 +49,40 @@ def test_popularity_scores_every_user_by_training_counts(data: FeatureData):
     scores = model.score(torch.tensor([1, 2, 3]), torch.zeros(3, 5, dtype=torch.int64))
     assert scores.shape == (3, data.n_items + 1)
     assert (scores == torch.tensor(counts, dtype=torch.float32)).all()
+
+
+def test_recent_popularity_counts_only_the_window_and_breaks_ties_by_all_time_counts(
+    data: FeatureData,
+):
+    day = recent_popularity.DAY_SECONDS
+    # Item 1 is the all-time hit, item 2 the recent one, item 3 was consumed once, long ago.
+    items = np.array([1, 1, 1, 1, 3, 2, 2, 1])
+    times = np.array([0, 1, 2, 3, 4, 100 * day, 100 * day + 5, 100 * day + 9])
+    toy = dataclasses.replace(
+        data,
+        n_items=4,
+        train_users=np.arange(1, len(items) + 1),
+        train_items=items,
+        train_times=times,
+        item_popularity=np.bincount(items, minlength=5).astype(np.float32),
+    )
+    week = recent_popularity.fit(toy, recent_popularity.Config(days=7), seed=0).scores
+    assert week.argsort(descending=True)[:3].tolist() == [2, 1, 3] and week[4] == 0  # never seen
+    assert week[2] == pytest.approx(2, abs=1e-2) and week[1] == pytest.approx(1, abs=1e-2)
+    assert week[0] == 0  # padding
+    # The last 3 rows by time, whatever the unit: the same window here.
+    last3 = recent_popularity.Config(days=0, interactions=3)
+    assert torch.equal(recent_popularity.fit(toy, last3, seed=0).scores, week)
+    # A window that covers everything is all-time popularity.
+    ever = recent_popularity.fit(toy, recent_popularity.Config(days=1000), seed=0).scores
+    assert ever.argsort(descending=True)[:3].tolist() == [1, 2, 3]
+
+
+def test_recent_popularity_refuses_features_without_timestamps(data: FeatureData):
+    with pytest.raises(ValueError, match="timestamps"):
+        recent_popularity.fit(
+            dataclasses.replace(data, train_times=None), recent_popularity.Config(), 0
+        )
 
 
 def brute_cosine(matrix: np.ndarray, shrink: float) -> np.ndarray:

@@ -17,11 +17,13 @@ from recsys_models.metrics import set_metrics, target_positions
 from tasks.comparison import bootstrap_interval, compare, paired_stats
 from tasks.errors import RecsysError
 from tasks.evaluate import evaluate
+from tasks.export import export
 from tasks.feature_store import load_features
 from tasks.io import file_sha256
 from tasks.model_store import model_dir
 from tasks.params import EvaluateParams, GuardrailParams, Params, TrainParams
 from tasks.protocol import same_protocol
+from tasks.registry import promote
 from tasks.train import train
 from tests.conftest import synthetic_features
 
@@ -259,20 +261,59 @@ def test_sampled_negatives_are_the_same_for_every_model(trained, tmp_path: Path)
     assert first.equals(again)
 
 
-def test_registry_champion_is_used_and_stale_models_are_refused(trained, tmp_path: Path):
+def test_the_champion_is_its_served_artifact_not_a_retrained_folder(trained, tmp_path: Path):
+    """Promote version A of EASE, retrain models/ease into B, evaluate: the champion's figures
+    are A's, scored through onnxruntime from its artifact, and B is a challenger."""
     features, models, params = trained
-    artifacts = Path(params.evaluate.artifacts)
-    artifacts.mkdir(parents=True, exist_ok=True)
+    work, artifacts = tmp_path / "models", tmp_path / "artifacts"
+    shutil.copytree(models, work)
+    params = replace(params, evaluate=replace(params.evaluate, artifacts=str(artifacts)))
+    none = tmp_path / "none.dvc"
+    eager = evaluate(features, work, tmp_path / "eager", params, dvc_file=none)["models"]["ease"]
+    manifest = export("ease", work, features, artifacts, 64, 5, data_dvc=None)
+    promote(artifacts, "ease", manifest["version"], "test")
+    key = f"ease@{manifest['version']}"
+
+    summary = evaluate(features, work, tmp_path / "a", params, dvc_file=none)
+    decision = summary["decision"]
+    assert decision["champion"] == key and "served artifact" in decision["champion_source"]
+    # models/ease holds the champion's own weights: it is not compared with itself.
+    assert "ease" not in summary["models"]
+    assert [e["challenger"] for e in decision["evidence"]].count(key) == 0
+    served_a = pl.read_parquet(tmp_path / "a" / "per_user" / "loo" / f"{key}.parquet")
+    for metric, value in eager.items():
+        assert summary["models"][key][metric] == pytest.approx(value, abs=1e-6), metric
+
+    retrained = replace(params, train=replace(params.train, sections={"ease": {"l2": 5.0}}))
+    train("ease", features, model_dir(work, "ease"), retrained)
+    summary = evaluate(features, work, tmp_path / "b", params, dvc_file=none)
+    assert summary["decision"]["champion"] == key
+    again = pl.read_parquet(tmp_path / "b" / "per_user" / "loo" / f"{key}.parquet")
+    assert again.equals(served_a)  # A's figures, whatever models/ease now holds
+    assert "ease" in [e["challenger"] for e in summary["decision"]["evidence"]]
+    assert summary["models"]["ease"]["ndcg@10"] != summary["models"][key]["ndcg@10"]
+
+
+def test_an_unloadable_champion_artifact_is_said_and_the_best_baseline_stands_in(
+    trained, tmp_path: Path
+):
+    features, models, params = trained
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
     (artifacts / "champion.json").write_text(
         json.dumps({"model": "ease", "version": "v1", "promoted_at": "x", "reason": "test"})
     )
-    try:
-        out = tmp_path / "evaluation"
-        summary = evaluate(features, models, out, params, dvc_file=tmp_path / "none.dvc")
-        assert summary["decision"]["champion"] == "ease"
-        assert summary["decision"]["champion_source"].startswith("registry")
-    finally:
-        (artifacts / "champion.json").unlink()
+    params = replace(params, evaluate=replace(params.evaluate, artifacts=str(artifacts)))
+    out = tmp_path / "evaluation"
+    decision = evaluate(features, models, out, params, dvc_file=tmp_path / "none.dvc")["decision"]
+    assert decision["champion"] in params.evaluate.baselines
+    assert "ease@v1 could not be scored as served" in decision["champion_source"]
+
+
+def test_stale_models_are_refused(trained, tmp_path: Path):
+    features, models, params = trained
+    out = tmp_path / "evaluation"
+    evaluate(features, models, out, params, dvc_file=tmp_path / "none.dvc")
 
     stale = tmp_path / "stale"
     (stale / "popularity").mkdir(parents=True)

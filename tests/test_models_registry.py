@@ -56,6 +56,7 @@ def tiny_data() -> FeatureData:
         item_popularity=np.bincount(items, minlength=N_ITEMS + 1).astype(np.float32),
         user_features=rng.integers(1, 4, (N_USERS + 1, 2)),
         train_ratings=rng.integers(1, 6, len(users)).astype(np.float32),
+        train_times=rng.integers(0, 30 * 86_400, len(users)),
     )
 
 
@@ -88,6 +89,7 @@ def shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 def test_every_model_module_is_registered():
     assert set(MODELS) == {
         "popularity",
+        "recent_popularity",
         "itemknn",
         "content_based",
         "userknn",

@@ -1,4 +1,9 @@
-"""One exported artifact in memory, ready to answer: ONNX sessions, id maps, histories, items.
+"""The artifact store: one exported version in memory, scored exactly as the service scores it.
+
+The contract between export (which writes artifacts/<name>/<version>/), the service
+(deploy/service.py) and the evaluation, which scores the registry's champion from the very
+files the service serves rather than from a models/ folder that may since have been retrained.
+No torch: the service imports it.
 
 A ServedModel is built completely (files checked against the manifest, sessions created, one
 warm-up inference run) before anything may use it, and it is never changed afterwards: the
@@ -138,13 +143,19 @@ class ServedModel:
     def scores(self, history: np.ndarray, user_idx: int) -> np.ndarray:
         """[n_items+1] scores of one request; `history` holds item_idx, oldest first (left
         padding allowed), and is cut to the model's last max_seq_len items."""
-        if self.kind == "static":
-            return self.static
-        history = np.asarray(history, dtype=np.int64)[-self.max_seq_len :]
+        history = np.asarray(history, dtype=np.int64)
         if history.size == 0:
             history = np.zeros(1, dtype=np.int64)
-        feeds = {"history": history[None, :], "user": np.array([user_idx], dtype=np.int64)}
-        out = self.session.run(None, {name: feeds[name] for name in self.inputs})[0][0]
+        return self.score_rows(history[None, :], np.array([user_idx], dtype=np.int64))[0]
+
+    def score_rows(self, histories: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """[B, n_items+1] scores of B requests in one call (the graphs' batch axis is dynamic):
+        `histories` [B, L] left-padded item_idx, `users` [B] user_idx."""
+        if self.kind == "static":
+            return np.broadcast_to(self.static, (len(users), self.n_items + 1))
+        histories = np.asarray(histories, dtype=np.int64)[:, -self.max_seq_len :]
+        feeds = {"history": histories, "user": np.asarray(users, dtype=np.int64)}
+        out = self.session.run(None, {name: feeds[name] for name in self.inputs})[0]
         return out @ self.item_vectors.T if self.kind == "dot" else out
 
     def user_history(self, user_idx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,3 +216,31 @@ class ServedModel:
             "users": len(self.user_index),
             "item_embeddings": self.item_vectors is not None,
         }
+
+
+class RemappedScorer:
+    """A ServedModel scoring users and histories given in another feature version's indices,
+    as the service would answer their requests: history items map through their ids (items the
+    artifact does not know are dropped, as a client must drop ids the service refuses), users
+    the artifact does not know get its popularity fallback where the model scores known users
+    only, and items it does not know can never be recommended (score -inf)."""
+
+    def __init__(self, model: ServedModel, item_ids: np.ndarray, user_ids: np.ndarray):
+        self.model = model
+        self.items = np.array([model.item_index.get(i, 0) if i else 0 for i in item_ids])
+        self.users = np.array([model.user_index.get(u, 0) if u else 0 for u in user_ids])
+        self.known = np.flatnonzero(self.items > 0)
+
+    def score(self, users: np.ndarray, histories: np.ndarray) -> np.ndarray:
+        """[B, len(item_ids)] scores for `users` [B] and left-padded `histories` [B, L]."""
+        histories = self.items[np.asarray(histories, dtype=np.int64)]
+        # Dropped items leave holes: close them, keeping the order, so padding stays on the left.
+        order = np.argsort(histories != 0, axis=1, kind="stable")
+        histories = np.take_along_axis(histories, order, axis=1)
+        served_users = self.users[np.asarray(users, dtype=np.int64)]
+        served = np.array(self.model.score_rows(histories, served_users), dtype=np.float32)
+        if not self.model.uses_history:
+            served[served_users == 0] = self.model.popularity
+        out = np.full((len(served), len(self.items)), -np.inf, dtype=np.float32)
+        out[:, self.known] = served[:, self.items[self.known]]
+        return out
