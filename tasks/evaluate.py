@@ -9,7 +9,8 @@ beyond-accuracy figures of the top-K list; tasks/comparison.py then decides cham
 challenger and tasks/report.py writes what people read.
 
 Layout of reports/evaluation/ (written as one folder, swapped in atomically):
-- metrics.json      every model's summary per protocol, for `dvc metrics show/diff`
+- metrics.json      a short summary per model and protocol for `dvc metrics show/diff` and
+                    `dvc exp show` (git-tracked, so `dvc metrics diff` has a baseline)
 - metrics.csv       the same, one row per (model, protocol card), the card's fields as columns
 - cards.json        the protocol cards: split, candidates, sampler and seed, K, seen-item filter,
                     data version
@@ -418,16 +419,20 @@ def _flat_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The figures `dvc metrics` and `dvc exp show` show (full ranking, beyond accuracy at 10):
+# few enough to read in a terminal; metrics.csv holds every figure of every card.
+SUMMARY_FULL = ("ndcg@10", "hr@10", "mrr")
+SUMMARY_BEYOND = ("coverage@10",)
+
+
 def _metrics_json(scored: dict[str, dict[str, Scored]]) -> dict[str, Any]:
-    """{protocol: {model: {full: .., sampled: .., beyond: ..}}}, rounded for `dvc metrics`."""
+    """{protocol: {model: {ndcg@10, hr@10, mrr, coverage@10, users}}}, rounded to 4 digits.
+    Git tracks this file (.gitignore), so `dvc metrics diff` has a baseline at HEAD."""
     return {
         protocol: {
-            name: {
-                "full": {k: round(v, 6) for k, v in s.full.items()},
-                "sampled": {k: round(v, 6) for k, v in s.sampled.items()},
-                "beyond": {k: round(v, 6) for k, v in s.beyond.items()},
-                "users": len(s.per_user),
-            }
+            name: {k: round(s.full[k], 4) for k in SUMMARY_FULL}
+            | {k: round(s.beyond[k], 4) for k in SUMMARY_BEYOND}
+            | {"users": len(s.per_user)}
             for name, s in models.items()
         }
         for protocol, models in scored.items()
