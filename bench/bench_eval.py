@@ -144,11 +144,10 @@ def _params(folder: Path, base: Path, artifacts: Path) -> Path:
     return path
 
 
-def markdown(result: dict) -> str:
+def tables(result: dict) -> dict[str, str]:
+    """The markdown blocks of bench/results/eval.json, keyed by id: the .md and the README's
+    generated blocks (bench/tables.py) come from this one function, so they cannot drift."""
     lines = [
-        f"Machine: {result['machine']}. One run per workload; `recsys evaluate` as its own",
-        "process (both protocols, full and sampled ranking, beyond accuracy, comparison, report).",
-        "",
         "| workload | models | test users (loo / temporal) | scoring s per model (loo) "
         "| process wall s | peak RSS GiB | load avg |",
         "| --- | --- | --- | --- | ---: | ---: | ---: |",
@@ -161,7 +160,17 @@ def markdown(result: dict) -> str:
             f"| {r['workload']} | {len(r['models'])} | {users} | {per_model} "
             f"| {r['process_wall_s']} | {r['peak_rss_gib']} | {r.get('started_load_avg', '')} |"
         )
-    return "\n".join(lines) + "\n"
+    return {
+        "machine": f"Machine: {result['machine']}. One run per workload; `recsys evaluate` as "
+        "its own\nprocess (both protocols, full and sampled ranking, beyond accuracy, "
+        "comparison, report).",
+        "workloads": "\n".join(lines),
+    }
+
+
+def markdown(result: dict) -> str:
+    t = tables(result)
+    return f"{t['machine']}\n\n{t['workloads']}\n"
 
 
 if __name__ == "__main__":
