@@ -105,3 +105,69 @@ def test_an_unclosed_block_is_refused(project: Path, capsys: pytest.CaptureFixtu
     readme.write_text(head + tail)
     assert tables.main(["--check", "--readme", str(readme), "--root", str(project)]) == 2
     assert "has no <!-- /generated --> before the next one" in capsys.readouterr().err
+
+
+def _evaluate_output(folder: Path) -> Path:
+    """A two-model `recsys evaluate` output: metrics.json and decision.json as the stage writes."""
+    full = {"ndcg@10": 0.1, "hr@10": 0.2, "mrr": 0.05, "auc": 0.8, "recall@10": 0.2}
+    beyond = {
+        "coverage@10": 0.5,
+        "novelty@10": 2.0,
+        "diversity@10": 0.6,
+        "popularity_percentile@10": 0.9,
+    }
+    metrics = {
+        "loo": {
+            "itemknn": {"full": full, "sampled": {"ndcg@10": 0.3}, "beyond": beyond, "users": 9},
+            "sasrec": {
+                "full": {**full, "ndcg@10": 0.12341},
+                "sampled": {"ndcg@10": 0.4},
+                "beyond": beyond,
+                "users": 9,
+            },
+        },
+        "temporal": {"itemknn": {"full": full, "users": 3}},
+    }
+    decision = {
+        "decided_at": "2026-11-29T00:00:00Z",
+        "data_version": {"raw_md5": "x"},
+        "primary": {"metric": "ndcg@10"},
+        "champion": "itemknn",
+        "champion_source": "best baseline",
+        "evidence": [
+            {
+                "challenger": "sasrec",
+                "users": 9,
+                "mean_diff": 0.02341,
+                "ci95": [-0.001, 0.05],
+                "p_wilcoxon": 0.0000123,
+                "p_holm": 0.0000123,
+            }
+        ],
+    }
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "decision.json").write_text(json.dumps(decision))
+    return folder
+
+
+def test_the_evaluation_table_is_rendered_from_evaluate_outputs(tmp_path: Path) -> None:
+    from bench import bench_eval
+
+    figures = bench_eval.evaluation_figures(_evaluate_output(tmp_path / "evaluation"))
+    rows = bench_eval.evaluation_table(figures).splitlines()[2:]
+    assert rows[0].startswith("| sasrec | 0.1234 | 0.2000 |")  # best NDCG@10 first
+    assert rows[0].endswith("| - | - | +0.0234 [-0.0010, +0.0500], p=1.2e-05 |")  # no temporal
+    assert rows[1].startswith("| itemknn | 0.1000 |") and rows[1].endswith(" | (champion) |")
+    assert "| 0.1000 | 0.2000 | (champion) |" in rows[1]  # its temporal NDCG@10 and Recall@10
+
+
+def test_recording_evaluation_from_a_folder_without_decision_names_the_file(
+    tmp_path: Path,
+) -> None:
+    from bench import bench_eval
+
+    folder = _evaluate_output(tmp_path / "evaluation")
+    (folder / "decision.json").unlink()
+    with pytest.raises(SystemExit, match="decision.json: no such file"):
+        bench_eval.evaluation_figures(folder)
