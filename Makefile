@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate serve bench-serve prefect clean
+.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate tables serve bench-serve prefect clean
 
 venv: $(STAMP)
 
@@ -105,6 +105,12 @@ bench-faults: $(STAMP)
 # the Holm-corrected gate against the old uncorrected rule -> bench/results/gate.{json,md}.
 bench-gate: $(STAMP)
 	$(BIN)/python bench/bench_gate.py
+
+# The README's benchmark blocks (<!-- generated: bench/results/<name>.json table=<id> -->) and
+# bench/results/*.md rewritten from the committed JSON; `python -m bench.tables --check` only
+# compares (tests/test_readme_tables.py runs it).
+tables: $(STAMP)
+	$(BIN)/python -m bench.tables
 
 # The champion of artifacts/ (recsys export, then recsys promote) behind HTTP on loopback.
 PORT ?= 8000

@@ -281,13 +281,12 @@ def merge(previous: Path, rows: list[dict], rating: dict | None) -> dict:
     }
 
 
-def markdown(result: dict) -> str:
+def tables(result: dict) -> dict[str, str]:
+    """The markdown blocks of bench/results/classic.json, keyed by id: the .md and the README's
+    generated blocks (bench/tables.py) come from this one function, so they cannot drift.
+    `rating` is absent when the run had no rating comparison."""
     machines = sorted({r["machine"] for r in result["rows"]})
     lines = [
-        "Machine: " + "; ".join(machines) + ". MovieLens-100K after the 5-core filter, "
-        "leave-one-out by time, full ranking over the catalogue with seen items removed "
-        "(the project's metric code for every row, peers included); test split.",
-        "",
         "| model | test NDCG@10 | test HR@10 | coverage@10 | val NDCG@10 | epochs (best) "
         "| train s | process s | load avg |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -300,23 +299,35 @@ def markdown(result: dict) -> str:
             f"| {r['epochs']} ({r['best_epoch']}) "
             f"| {r['train_seconds']:.1f} | {r['process_wall_s']:.1f} | {load:.1f} |"
         )
+    blocks = {
+        "machine": "Machine: " + "; ".join(machines) + ". MovieLens-100K after the 5-core "
+        "filter, leave-one-out by time, full ranking over the catalogue with seen items removed "
+        "(the project's metric code for every row, peers included); test split.",
+        "models": "\n".join(lines),
+    }
     rating = result.get("rating")
     if rating:
         ours, svd, mean = rating["rating_mf"], rating["surprise_svd"], rating["global_mean"]
-        lines += [
-            "",
-            f"Rating prediction, {rating['folds']}-fold split of the {rating['ratings']} "
-            "training ratings (same folds for both; mean over folds, fit seconds summed):",
-            "",
-            "| model | RMSE | fit s (all folds) |",
-            "| --- | ---: | ---: |",
-            f"| rating_mf ({ours['epochs']} epochs, 1 torch thread) | {np.mean(ours['rmse']):.4f} "
-            f"| {sum(ours['fit_seconds']):.2f} |",
-            f"| surprise SVD (defaults) | {np.mean(svd['rmse']):.4f} "
-            f"| {sum(svd['fit_seconds']):.2f} |",
-            f"| global mean | {np.mean(mean['rmse']):.4f} | - |",
-        ]
-    return "\n".join(lines) + "\n"
+        blocks["rating"] = "\n".join(
+            [
+                f"Rating prediction, {rating['folds']}-fold split of the {rating['ratings']} "
+                "training ratings (same folds for both; mean over folds, fit seconds summed):",
+                "",
+                "| model | RMSE | fit s (all folds) |",
+                "| --- | ---: | ---: |",
+                f"| rating_mf ({ours['epochs']} epochs, 1 torch thread) "
+                f"| {np.mean(ours['rmse']):.4f} | {sum(ours['fit_seconds']):.2f} |",
+                f"| surprise SVD (defaults) | {np.mean(svd['rmse']):.4f} "
+                f"| {sum(svd['fit_seconds']):.2f} |",
+                f"| global mean | {np.mean(mean['rmse']):.4f} | - |",
+            ]
+        )
+    return blocks
+
+
+def markdown(result: dict) -> str:
+    t = tables(result)
+    return "\n\n".join(t[k] for k in ("machine", "models", "rating") if k in t) + "\n"
 
 
 if __name__ == "__main__":

@@ -83,11 +83,10 @@ def bench_size(n: int, repeats: int, work: Path) -> dict:
     return row
 
 
-def markdown(result: dict) -> str:
+def tables(result: dict) -> dict[str, str]:
+    """The markdown blocks of bench/results/data.json, keyed by id: the .md and the README's
+    generated blocks (bench/tables.py) come from this one function, so they cannot drift."""
     lines = [
-        f"Machine: {result['machine']}. Median of {result['rows'][0]['repeats']} run(s) per size; "
-        "peak RSS is the largest of that stage's processes.",
-        "",
         "| interactions | users | items | ingest s | validate s | features s | total s "
         "| peak RSS ingest / validate / features (GiB) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -99,7 +98,16 @@ def markdown(result: dict) -> str:
             + "".join(f"| {r[s]['wall_s_median']:.1f} " for s in STAGES)
             + f"| {r['total_wall_s_median']:.1f} | {rss} |"
         )
-    return "\n".join(lines) + "\n"
+    return {
+        "machine": f"Machine: {result['machine']}. Median of {result['rows'][0]['repeats']} "
+        "run(s) per size; peak RSS is the largest of that stage's processes.",
+        "stages": "\n".join(lines),
+    }
+
+
+def markdown(result: dict) -> str:
+    t = tables(result)
+    return f"{t['machine']}\n\n{t['stages']}\n"
 
 
 def main() -> None:

@@ -8,9 +8,15 @@ Two workloads:
   protocols, then `recsys evaluate` as its own process, whose peak RSS is the figure that must
   stay within the machine's memory whatever the catalogue's size.
 
+The MovieLens-100K run also records the evaluation's own figures (every model's metrics, each
+challenger against the champion), from which the README's evaluation table is generated
+(bench/tables.py). `--record-evaluation DIR` records them from an existing `recsys evaluate`
+output (reports/evaluation after `dvc repro evaluate`) without timing anything.
+
 Writes bench/results/eval.json and eval.md.
 
     python bench/bench_eval.py [--sizes 25000000] [--skip-movielens]
+    python bench/bench_eval.py --record-evaluation reports/evaluation
 """
 
 from __future__ import annotations
@@ -39,15 +45,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[25_000_000])
     parser.add_argument("--skip-movielens", action="store_true")
+    parser.add_argument(
+        "--record-evaluation",
+        type=Path,
+        metavar="DIR",
+        help="only store the figures of this `recsys evaluate` output in eval.json",
+    )
     args = parser.parse_args()
+    stored = RESULTS / "eval.json"
+    previous = json.loads(stored.read_text()) if stored.is_file() else {}
+    if args.record_evaluation:
+        result = {**previous, "evaluation": evaluation_figures(args.record_evaluation)}
+        write_results(RESULTS, "eval", result, markdown(result))
+        print(markdown(result))
+        return
     rows = []
+    evaluation = previous.get("evaluation")
     if not args.skip_movielens:
-        rows.append(bench_movielens())
+        row, evaluation = bench_movielens()
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
     for n in args.sizes:
         rows.append(bench_synthetic(n))
         print(json.dumps(rows[-1]), flush=True)
     result = {"machine": f"{machine()}, {torch_info()}", "rows": merge(rows)}
+    if evaluation:
+        result["evaluation"] = evaluation
     write_results(RESULTS, "eval", result, markdown(result))
     print(markdown(result))
 
@@ -84,21 +107,47 @@ def evaluate_timed(workdir: Path, params: Path, features: Path, models: Path, ou
     }
 
 
-def bench_movielens() -> dict:
+def bench_movielens() -> tuple[dict, dict]:
+    """The timed MovieLens-100K row, and the figures that evaluation produced."""
     models = ROOT / "models"
     found = sorted(p.parent.name for p in models.glob("*/weights.pt"))
     if not found:
         raise SystemExit(f"{models}: no trained model; run `make train` first")
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         params = _params(Path(tmp), ROOT / "params.yaml", artifacts=Path(tmp) / "artifacts")
-        row = evaluate_timed(
-            ROOT, params, ROOT / "data" / "features", models, Path(tmp) / "evaluation"
-        )
-    return {
+        out = Path(tmp) / "evaluation"
+        row = evaluate_timed(ROOT, params, ROOT / "data" / "features", models, out)
+        evaluation = evaluation_figures(out, "this benchmark's MovieLens-100K run")
+    row = {
         "workload": "MovieLens-100K",
         "started_load_avg": round(os.getloadavg()[1], 2),
         "models": found,
         **row,
+    }
+    return row, evaluation
+
+
+def evaluation_figures(folder: Path, recorded_from: str | None = None) -> dict:
+    """What one `recsys evaluate` output says of every model (metrics.json, as written) and of
+    each challenger against the champion (decision.json's evidence): the README's evaluation
+    table is rendered from these, so its figures are the evaluation's, never retyped."""
+    read = {}
+    for name in ("metrics.json", "decision.json"):
+        path = folder / name
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such file; point at a `recsys evaluate` output")
+        read[name] = json.loads(path.read_text())
+    decision = read["decision.json"]
+    keep = ("users", "mean_diff", "ci95", "p_wilcoxon", "p_holm")
+    return {
+        "recorded_from": recorded_from or str(folder),
+        "decided_at": decision["decided_at"],
+        "data_version": decision["data_version"],
+        "primary_metric": decision["primary"]["metric"],
+        "champion": decision["champion"],
+        "champion_source": decision["champion_source"],
+        "metrics": read["metrics.json"],
+        "vs_champion": {e["challenger"]: {k: e[k] for k in keep} for e in decision["evidence"]},
     }
 
 
@@ -144,11 +193,10 @@ def _params(folder: Path, base: Path, artifacts: Path) -> Path:
     return path
 
 
-def markdown(result: dict) -> str:
+def tables(result: dict) -> dict[str, str]:
+    """The markdown blocks of bench/results/eval.json, keyed by id: the .md and the README's
+    generated blocks (bench/tables.py) come from this one function, so they cannot drift."""
     lines = [
-        f"Machine: {result['machine']}. One run per workload; `recsys evaluate` as its own",
-        "process (both protocols, full and sampled ranking, beyond accuracy, comparison, report).",
-        "",
         "| workload | models | test users (loo / temporal) | scoring s per model (loo) "
         "| process wall s | peak RSS GiB | load avg |",
         "| --- | --- | --- | --- | ---: | ---: | ---: |",
@@ -161,7 +209,71 @@ def markdown(result: dict) -> str:
             f"| {r['workload']} | {len(r['models'])} | {users} | {per_model} "
             f"| {r['process_wall_s']} | {r['peak_rss_gib']} | {r.get('started_load_avg', '')} |"
         )
-    return "\n".join(lines) + "\n"
+    blocks = {
+        "machine": f"Machine: {result['machine']}. One run per workload; `recsys evaluate` as "
+        "its own\nprocess (both protocols, full and sampled ranking, beyond accuracy, "
+        "comparison, report).",
+        "workloads": "\n".join(lines),
+    }
+    if "evaluation" in result:
+        blocks["ml100k"] = evaluation_table(result["evaluation"])
+    return blocks
+
+
+def _figure(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def evaluation_table(ev: dict) -> str:
+    """Every model's leave-one-out and temporal figures, and its difference from the champion
+    on the primary metric with the 95% interval and the raw Wilcoxon p, best model first."""
+    loo, temporal = ev["metrics"]["loo"], ev["metrics"].get("temporal", {})
+    primary = ev["primary_metric"].upper()
+    lines = [
+        "| model | NDCG@10 | HR@10 | MRR | AUC | sampled NDCG@10 | coverage@10 | novelty@10 "
+        "| diversity@10 | popularity pct@10 | temporal NDCG@10 | temporal Recall@10 "
+        f"| {primary} vs champion [95% CI], Wilcoxon p |",
+        "| --- " + "| ---: " * 11 + "| --- |",
+    ]
+    for name in sorted(loo, key=lambda n: -loo[n]["full"]["ndcg@10"]):
+        full, beyond = loo[name]["full"], loo[name].get("beyond", {})
+        sampled = loo[name].get("sampled", {})
+        later = temporal.get(name, {}).get("full", {})
+        vs = ev["vs_champion"].get(name)
+        if name == ev["champion"]:
+            versus = "(champion)"
+        elif vs is None:
+            versus = "-"
+        else:
+            low, high = vs["ci95"]
+            versus = f"{vs['mean_diff']:+.4f} [{low:+.4f}, {high:+.4f}], p={vs['p_wilcoxon']:.2g}"
+        cells = [
+            _figure(full["ndcg@10"], 4),
+            _figure(full["hr@10"], 4),
+            _figure(full["mrr"], 4),
+            _figure(full.get("auc"), 3),
+            _figure(sampled.get("ndcg@10"), 4),
+            _figure(beyond.get("coverage@10"), 3),
+            _figure(beyond.get("novelty@10"), 2),
+            _figure(beyond.get("diversity@10"), 3),
+            _figure(beyond.get("popularity_percentile@10"), 3),
+            _figure(later.get("ndcg@10"), 4),
+            _figure(later.get("recall@10"), 4),
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {versus} |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    t = tables(result)
+    text = f"{t['machine']}\n\n{t['workloads']}\n"
+    if "ml100k" in t:
+        ev = result["evaluation"]
+        text += (
+            f"\nMovieLens-100K evaluation ({ev['recorded_from']}; decided {ev['decided_at']}, "
+            f"champion {ev['champion']}, {ev['champion_source']}):\n\n{t['ml100k']}\n"
+        )
+    return text
 
 
 if __name__ == "__main__":

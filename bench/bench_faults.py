@@ -155,13 +155,10 @@ def main() -> None:
     print(markdown(result))
 
 
-def markdown(result: dict) -> str:
+def tables(result: dict) -> dict[str, str]:
+    """The markdown blocks of bench/results/faults.json, keyed by id: the .md and the README's
+    generated blocks (bench/tables.py) come from this one function, so they cannot drift."""
     lines = [
-        "# Fault benchmark: random SIGKILLs, then every output checked",
-        "",
-        f"Machine: {result['machine']}. Seed {result['seed']}. Command: "
-        "`python bench/bench_faults.py`.",
-        "",
         "| stage | usual s | rounds | killed | corrupt | lost |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -172,13 +169,19 @@ def markdown(result: dict) -> str:
             f"{sum(r['outcome'] == 'killed' for r in mine)} | "
             f"{sum(len(r['corrupt']) for r in mine)} | {sum(len(r['lost']) for r in mine)} |"
         )
-    lines += [
-        "",
-        f"{result['kills']} kills, {result['finished_before_kill']} runs finished before their "
-        f"kill; {result['corrupt']} corrupt and {result['lost']} lost outputs.",
-        "",
-    ]
-    return "\n".join(lines)
+    return {
+        "machine": f"Machine: {result['machine']}. Seed {result['seed']}. Command: "
+        "`python bench/bench_faults.py`.",
+        "stages": "\n".join(lines),
+        "summary": f"{result['kills']} kills, {result['finished_before_kill']} runs finished "
+        f"before their kill; {result['corrupt']} corrupt and {result['lost']} lost outputs.",
+    }
+
+
+def markdown(result: dict) -> str:
+    t = tables(result)
+    title = "# Fault benchmark: random SIGKILLs, then every output checked"
+    return f"{title}\n\n{t['machine']}\n\n{t['stages']}\n\n{t['summary']}\n"
 
 
 if __name__ == "__main__":

@@ -132,37 +132,25 @@ def _cell(r: dict[str, float]) -> str:
     return f"{r['rate']:.1%} [{r['ci95'][0]:.1%}, {r['ci95'][1]:.1%}]"
 
 
-def markdown(result: dict) -> str:
+def tables(result: dict) -> dict[str, str]:
+    """The markdown blocks of bench/results/gate.json, keyed by id: the .md and the README's
+    generated blocks (bench/tables.py) come from this one function, so they cannot drift."""
     s = result["settings"]
     default = EvaluateParams().bootstrap_samples
     resamples = f"{s['bootstrap_samples']} bootstrap resamples" + (
         " (the default)" if s["bootstrap_samples"] == default else f" (default {default})"
     )
-    lines = [
-        f"Machine: {result['machine']}. {s['users']} users, {s['runs']} simulated decisions per "
-        f"row (seed {s['seed']}); `tasks.comparison.compare()` with EvaluateParams' defaults: "
-        f"alpha {s['alpha']}, {resamples}. Per-user "
-        f"NDCG@10: {s['zero_share']:.0%} zeros, mean {s['mean_ndcg']:.4f}, correlation between "
-        f"two models' per-user scores {s['score_correlation']:.2f}. {result['seconds']:.0f} s.",
-        "",
-        "False promotion under the null (every model exactly as good as the champion), with the "
-        "exact binomial 95% interval:",
-        "",
+    null = [
         "| challengers | corrected gate (Holm) | old rule (each at alpha) |",
         "| ---: | --- | --- |",
     ]
     for r in result["rows"]:
         if r["gain"] == 0:
-            lines.append(
+            null.append(
                 f"| {r['challengers']} | {_cell(r['corrected']['false_promotion'])} | "
                 f"{_cell(r['uncorrected']['false_promotion'])} |"
             )
-    lines += [
-        "",
-        "Power: one challenger truly better (relative gain in mean NDCG@10), the others as good "
-        "as the champion; share of decisions promoting the better one (a null one promoted "
-        "instead in brackets):",
-        "",
+    power = [
         "| true gain | challengers | corrected gate: power (other promoted) "
         "| old rule: power (other promoted) |",
         "| ---: | ---: | --- | --- |",
@@ -173,8 +161,28 @@ def markdown(result: dict) -> str:
                 f"{_cell(r[rule]['power'])} ({r[rule]['false_promotion']['rate']:.1%})"
                 for rule in ("corrected", "uncorrected")
             ]
-            lines.append(f"| +{r['gain']:.0%} | {r['challengers']} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + "\n"
+            power.append(f"| +{r['gain']:.0%} | {r['challengers']} | {cells[0]} | {cells[1]} |")
+    return {
+        "setup": f"Machine: {result['machine']}. {s['users']} users, {s['runs']} simulated "
+        f"decisions per row (seed {s['seed']}); `tasks.comparison.compare()` with "
+        f"EvaluateParams' defaults: alpha {s['alpha']}, {resamples}. Per-user "
+        f"NDCG@10: {s['zero_share']:.0%} zeros, mean {s['mean_ndcg']:.4f}, correlation between "
+        f"two models' per-user scores {s['score_correlation']:.2f}. {result['seconds']:.0f} s.",
+        "false_promotion": "\n".join(null),
+        "power": "\n".join(power),
+    }
+
+
+def markdown(result: dict) -> str:
+    t = tables(result)
+    return (
+        f"{t['setup']}\n\n"
+        "False promotion under the null (every model exactly as good as the champion), with the "
+        f"exact binomial 95% interval:\n\n{t['false_promotion']}\n\n"
+        "Power: one challenger truly better (relative gain in mean NDCG@10), the others as good "
+        "as the champion; share of decisions promoting the better one (a null one promoted "
+        f"instead in brackets):\n\n{t['power']}\n"
+    )
 
 
 def main() -> None:

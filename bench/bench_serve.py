@@ -257,36 +257,46 @@ def wait_ready(port: int, proc: subprocess.Popen, seconds: float = 120) -> None:
 # --- report -----------------------------------------------------------------------------------
 
 
-def markdown(r: dict) -> str:
-    lines = [
-        f"Machine: {r['machine']}. Model: {r['models_dir']}/{r['model']} (version "
+def tables(r: dict) -> dict[str, str]:
+    """The markdown blocks of bench/results/serve.json, keyed by id: the .md and the README's
+    generated blocks (bench/tables.py) come from this one function, so they cannot drift."""
+    in_process = [
+        "| runtime | batch | threads | p50 ms | p99 ms | users/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in r["in_process"]:
+        in_process.append(
+            f"| {row['runtime']} | {row['batch']} | {row['threads']} | {row['p50_ms']} "
+            f"| {row['p99_ms']} | {row['users_per_s']:,} |"
+        )
+    http = [
+        "| concurrency | requests | errors | requests/s | p50 ms | p99 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in r["http"]:
+        http.append(
+            f"| {row['concurrency']} | {row['requests']:,} | {row['errors']} "
+            f"| {row['requests_per_s']:,} | {row['p50_ms']} | {row['p99_ms']} |"
+        )
+    return {
+        "setup": f"Machine: {r['machine']}. Model: {r['models_dir']}/{r['model']} (version "
         f"{r['version']}) on {r['features']}; "
         f"{r['duration_s']:g} s per measurement; 1-minute load average {r['load_avg_1m'][0]} "
         f"before, {r['load_avg_1m'][1]} after. Parity of the graph: max abs diff "
         f"{r['parity']['max_abs_diff']:.2g}, same top-10 for {r['parity']['top10_agreement']:.4f}"
         f" of {r['parity']['rows']} rows.",
-        "",
-        "| runtime | batch | threads | p50 ms | p99 ms | users/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in r["in_process"]:
-        lines.append(
-            f"| {row['runtime']} | {row['batch']} | {row['threads']} | {row['p50_ms']} "
-            f"| {row['p99_ms']} | {row['users_per_s']:,} |"
-        )
-    lines += [
-        "",
-        f"HTTP, GET /recommend/{{user_id}}?k=10 on loopback ({r['load_generator']}):",
-        "",
-        "| concurrency | requests | errors | requests/s | p50 ms | p99 ms |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in r["http"]:
-        lines.append(
-            f"| {row['concurrency']} | {row['requests']:,} | {row['errors']} "
-            f"| {row['requests_per_s']:,} | {row['p50_ms']} | {row['p99_ms']} |"
-        )
-    return "\n".join(lines) + "\n"
+        "in_process": "\n".join(in_process),
+        "http": "\n".join(http),
+    }
+
+
+def markdown(r: dict) -> str:
+    t = tables(r)
+    return (
+        f"{t['setup']}\n\n{t['in_process']}\n\n"
+        f"HTTP, GET /recommend/{{user_id}}?k=10 on loopback ({r['load_generator']}):\n\n"
+        f"{t['http']}\n"
+    )
 
 
 if __name__ == "__main__":

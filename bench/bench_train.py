@@ -264,13 +264,12 @@ def merge(previous: Path, rows: list[dict]) -> dict:
     }
 
 
-def markdown(result: dict) -> str:
+def tables(result: dict) -> dict[str, str]:
+    """The markdown blocks of bench/results/train.json, keyed by id: the .md and the README's
+    generated blocks (bench/tables.py) come from this one function, so they cannot drift.
+    `notes` holds the sentences with throughput, seed spread and RecBole's own figures."""
     machines = sorted({r["machine"] for r in result["rows"]})
     lines = [
-        "Machine: " + "; ".join(machines) + ". MovieLens-100K after the 5-core filter, "
-        "leave-one-out by time, full ranking over the catalogue with seen items removed "
-        "(the project's metric code for every row); test split.",
-        "",
         "| model | test NDCG@10 | test HR@10 | test MRR | val NDCG@10 | epochs (best) "
         "| train s | process s | load avg |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -283,17 +282,17 @@ def markdown(result: dict) -> str:
             f"| {r['epochs']} ({r['best_epoch']}) "
             f"| {r['train_seconds']:.1f} | {r['process_wall_s']:.1f} | {load:.1f} |"
         )
+    notes = []
     for r in result["rows"]:
         if "sasrec_sequences_per_s" in r:
-            lines += [
-                "",
+            notes.append(
                 f"SASRec training throughput: {r['sasrec_sequences_per_s']:.0f} sequences/s, "
                 f"{r.get('sasrec_targets_per_s', 0):.0f} targets/s "
                 f"(batch {r['sasrec_batch_size']}, {r['sasrec_precision']}, "
                 f"{r['sasrec_windows_per_epoch']} sequences of "
                 f"{r.get('sasrec_targets_per_epoch', '?')} targets per epoch, "
-                f"min_context {r.get('sasrec_min_context', 0)}).",
-            ]
+                f"min_context {r.get('sasrec_min_context', 0)})."
+            )
         if len(r.get("seeds", [])) > 1:
             seeds = r["seeds"]
             spread = []
@@ -303,18 +302,16 @@ def markdown(result: dict) -> str:
                     f"{label} {values.mean():.4f} ± {values.std(ddof=1):.4f} "
                     f"({values.min():.4f} to {values.max():.4f})"
                 )
-            lines += [
-                "",
+            notes.append(
                 f"{r['model']} over {len(seeds)} seeds "
                 f"({', '.join(str(s['seed']) for s in seeds)}; mean ± sd, min to max), test: "
                 + "; ".join(spread)
-                + f"; train s {np.median([s['train_seconds'] for s in seeds]):.1f} (median).",
-            ]
+                + f"; train s {np.median([s['train_seconds'] for s in seeds]):.1f} (median)."
+            )
         if "recbole" in r:
             rb = r["recbole"]
             own = rb["test_recbole_evaluator"]
-            lines += [
-                "",
+            notes.append(
                 f"RecBole SASRec: {rb['training_instances']} training instances per epoch (one "
                 f"per prefix, each one target; "
                 f"{rb['training_instances'] * rb['epochs'] / max(rb['train_seconds'], 1e-9):.0f} "
@@ -324,9 +321,22 @@ def markdown(result: dict) -> str:
                 + ("stopped early" if rb["stopped_early"] else "did NOT stop early (capped)")
                 + f". RecBole's own evaluator (seen items not removed): test NDCG@10 "
                 f"{own.get('ndcg@10', float('nan')):.4f}, "
-                f"HR@10 {own.get('hit@10', float('nan')):.4f}.",
-            ]
-    return "\n".join(lines) + "\n"
+                f"HR@10 {own.get('hit@10', float('nan')):.4f}."
+            )
+    blocks = {
+        "machine": "Machine: " + "; ".join(machines) + ". MovieLens-100K after the 5-core "
+        "filter, leave-one-out by time, full ranking over the catalogue with seen items removed "
+        "(the project's metric code for every row); test split.",
+        "models": "\n".join(lines),
+    }
+    if notes:
+        blocks["notes"] = "\n\n".join(notes)
+    return blocks
+
+
+def markdown(result: dict) -> str:
+    t = tables(result)
+    return "\n\n".join(t[k] for k in ("machine", "models", "notes") if k in t) + "\n"
 
 
 if __name__ == "__main__":
