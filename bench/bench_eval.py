@@ -131,24 +131,35 @@ def evaluation_figures(folder: Path, recorded_from: str | None = None) -> dict:
     """What one `recsys evaluate` output says of every model (metrics.json, as written) and of
     each challenger against the champion (decision.json's evidence): the README's evaluation
     table is rendered from these, so its figures are the evaluation's, never retyped."""
-    read = {}
-    for name in ("metrics.json", "decision.json"):
-        path = folder / name
-        if not path.is_file():
-            raise SystemExit(f"{path}: no such file; point at a `recsys evaluate` output")
-        read[name] = json.loads(path.read_text())
-    decision = read["decision.json"]
+    for name in ("metrics.csv", "decision.json"):
+        if not (folder / name).is_file():
+            raise SystemExit(f"{folder / name}: no such file; point at a `recsys evaluate` output")
+    decision = json.loads((folder / "decision.json").read_text())
     keep = ("users", "mean_diff", "ci95", "p_wilcoxon", "p_holm")
     return {
         "recorded_from": recorded_from or str(folder),
-        "decided_at": decision["decided_at"],
         "data_version": decision["data_version"],
         "primary_metric": decision["primary"]["metric"],
         "champion": decision["champion"],
         "champion_source": decision["champion_source"],
-        "metrics": read["metrics.json"],
+        "metrics": _nested_metrics(folder / "metrics.csv"),
         "vs_champion": {e["challenger"]: {k: e[k] for k in keep} for e in decision["evidence"]},
     }
+
+
+def _nested_metrics(csv: Path) -> dict:
+    """metrics.csv (one row per model and protocol card) as {protocol: {model: {full, sampled,
+    beyond, users}}}, every figure as the evaluation wrote it."""
+    import polars as pl
+
+    nested: dict = {}
+    for row in pl.read_csv(csv).iter_rows(named=True):
+        protocol, kind = row["protocol"].split("/")
+        metrics = {k: v for k, v in row.items() if "@" in k or k in ("mrr", "auc")}
+        model = nested.setdefault(row["split"], {}).setdefault(row["model"], {})
+        model[kind] = {k: v for k, v in metrics.items() if v is not None}
+        model["users"] = row["users"]
+    return nested
 
 
 def bench_synthetic(n: int) -> dict:
@@ -270,8 +281,9 @@ def markdown(result: dict) -> str:
     if "ml100k" in t:
         ev = result["evaluation"]
         text += (
-            f"\nMovieLens-100K evaluation ({ev['recorded_from']}; decided {ev['decided_at']}, "
-            f"champion {ev['champion']}, {ev['champion_source']}):\n\n{t['ml100k']}\n"
+            f"\nMovieLens-100K evaluation ({ev['recorded_from']}; features "
+            f"{ev['data_version']['features_manifest_sha256'][:12]}, champion {ev['champion']}, "
+            f"{ev['champion_source']}):\n\n{t['ml100k']}\n"
         )
     return text
 

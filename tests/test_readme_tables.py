@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from bench import tables
@@ -108,7 +109,7 @@ def test_an_unclosed_block_is_refused(project: Path, capsys: pytest.CaptureFixtu
 
 
 def _evaluate_output(folder: Path) -> Path:
-    """A two-model `recsys evaluate` output: metrics.json and decision.json as the stage writes."""
+    """A two-model `recsys evaluate` output: metrics.csv and decision.json as the stage writes."""
     full = {"ndcg@10": 0.1, "hr@10": 0.2, "mrr": 0.05, "auc": 0.8, "recall@10": 0.2}
     beyond = {
         "coverage@10": 0.5,
@@ -129,8 +130,7 @@ def _evaluate_output(folder: Path) -> Path:
         "temporal": {"itemknn": {"full": full, "users": 3}},
     }
     decision = {
-        "decided_at": "2026-11-29T00:00:00Z",
-        "data_version": {"raw_md5": "x"},
+        "data_version": {"features_manifest_sha256": "f" * 64},
         "primary": {"metric": "ndcg@10"},
         "champion": "itemknn",
         "champion_source": "best baseline",
@@ -145,8 +145,16 @@ def _evaluate_output(folder: Path) -> Path:
             }
         ],
     }
+    rows = [  # metrics.csv: one row per model and protocol card, as tasks/evaluate.py writes
+        {"model": model, "protocol": f"{split}/{kind}", "split": split, "users": m["users"]}
+        | m[kind]
+        for split, models in metrics.items()
+        for model, m in models.items()
+        for kind in ("full", "sampled", "beyond")
+        if kind in m
+    ]
     folder.mkdir()
-    (folder / "metrics.json").write_text(json.dumps(metrics))
+    pl.DataFrame(rows, infer_schema_length=None).write_csv(folder / "metrics.csv")
     (folder / "decision.json").write_text(json.dumps(decision))
     return folder
 
