@@ -111,6 +111,11 @@ def decision_markdown(decision: dict[str, Any], plan: dict[str, Any] | None) -> 
         f"- primary metric: {decision['primary']['metric']}",
         f"- data version: features {features_sha[:12]}",
     ]
+    if decision.get("not_compared"):
+        lines.append(
+            "- trained earlier, not in this run's models, so not compared: "
+            + ", ".join(decision["not_compared"])
+        )
     if plan is not None:
         step = f"export {plan['model']}" if plan["model"] else "nothing to export"
         lines.append(f"- this run: {step}; promote: {plan['promote']} ({plan['reason']})")

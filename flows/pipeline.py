@@ -165,15 +165,21 @@ def train_task(
 )
 @cached_stage("features", "models", "champion", out="out", narrow={"params": _evaluate_part})
 def evaluate_task(
-    features: str, models: str, out: str, params: Any, champion: str | None = None
+    features: str,
+    models: str,
+    out: str,
+    params: Any,
+    champion: str | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     """`champion` (artifacts/champion.json) is read by evaluate itself; named here so that a
-    new champion invalidates the cached evaluation."""
+    new champion invalidates the cached evaluation. `only`: the models this run trained."""
     from tasks.evaluate import evaluate  # heavy (torch): imported when it runs
 
     return evaluate(
-        features_dir=Path(features), models_dir=Path(models), out_dir=Path(out), params=params
-    )
+        features_dir=Path(features), models_dir=Path(models), out_dir=Path(out), params=params,
+        only=only,
+    )  # fmt: skip
 
 
 @task(name="export", **NO_PERSIST)
@@ -309,12 +315,20 @@ def _publish_validation(params: Params) -> None:
     )
 
 
-def _evaluate(params: Params) -> dict[str, Any]:
+def _evaluate(params: Params, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The evaluation of `only` (a run's own models) and the champion; every trained model
+    when None (the evaluate-only flow)."""
     champion = Path(params.evaluate.artifacts) / CHAMPION
     evaluation = run_stage(
         evaluate_task, params.features.out, params.train.out, params.evaluate.out, params,
-        str(champion),
+        str(champion), None if only is None else list(only),
     )  # fmt: skip
+    left_out = evaluation["decision"].get("not_compared")
+    if left_out:
+        get_run_logger().info(
+            "trained earlier but not in this run's train.models, so not compared: %s",
+            ", ".join(left_out),
+        )
     artifacts.publish(
         artifacts.EVALUATION_REPORT,
         evaluation["report"],
@@ -479,7 +493,7 @@ def recsys_pipeline(
             summary_markdown(summary),
             "Rows, users, items, validation result and model metrics of this run",
         )
-        evaluation = _evaluate(params)
+        evaluation = _evaluate(params, params.train.models)
         summary["evaluate"] = evaluation["decision"]
         summary["report"] = evaluation["report"]
         logger.info("evaluation report in %s", params.evaluate.out)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,13 +214,16 @@ def evaluate(
     out_dir: Path,
     params: Params,
     dvc_file: Path = Path("data.dvc"),
+    only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Score every trained model under each protocol, compare challengers with the champion,
-    write reports/evaluation/ atomically; return the summary and the decision."""
+    """Score every trained model under each protocol (or the models in `only`: a flow run's
+    own), compare challengers with the champion, write reports/evaluation/ atomically; return
+    the summary and the decision. Trained models left out by `only` are listed in the decision
+    (`not_compared`), never silently compared."""
     features_dir, models_dir, out_dir = Path(features_dir), Path(models_dir), Path(out_dir)
     _check_params(params)
     version = data_version(features_dir, dvc_file)
-    scored, stats, skipped = score_all(features_dir, models_dir, version, params)
+    scored, stats, skipped = score_all(features_dir, models_dir, version, params, only)
     cards = {
         f"{protocol}/{kind}": protocol_card(
             protocol, kind, version, params.evaluate.sampled_negatives, params.seed
@@ -234,6 +238,9 @@ def evaluate(
     decision |= {
         "primary": {"metric": params.evaluate.primary_metric, "card": cards["loo/full"]},
         "skipped_models": skipped,
+        "not_compared": sorted(set(trained_models(models_dir, "loo")) - set(only))
+        if only is not None
+        else [],
         "data_version": version,
     }
     with staged_dir(out_dir, [features_dir, models_dir], owned="catalogue.json") as tmp:
@@ -268,7 +275,11 @@ def _check_params(params: Params) -> None:
 
 
 def score_all(
-    features_dir: Path, models_dir: Path, version: dict[str, Any], params: Params
+    features_dir: Path,
+    models_dir: Path,
+    version: dict[str, Any],
+    params: Params,
+    only: Sequence[str] | None = None,
 ) -> tuple[dict[str, dict[str, Scored]], CatalogueStats, list[dict[str, str]]]:
     """Every trained model on these features, per protocol; the leave-one-out catalogue
     figures; and the models skipped because they were trained on other features."""
@@ -276,7 +287,7 @@ def score_all(
     skipped: list[dict[str, str]] = []
     primary_stats = None
     for protocol in params.evaluate.protocols:
-        names = trained_models(models_dir, protocol)
+        names = [n for n in trained_models(models_dir, protocol) if only is None or n in only]
         if not names:
             if protocol == "loo":
                 raise RecsysError(f"{models_dir}: no trained model; run `recsys train` first")

@@ -310,6 +310,18 @@ def test_an_unloadable_champion_artifact_is_said_and_the_best_baseline_stands_in
     assert "ease@v1 could not be scored as served" in decision["champion_source"]
 
 
+def test_a_runs_evaluation_compares_its_own_models_and_lists_the_others(trained, tmp_path):
+    features, models, params = trained
+    out = tmp_path / "evaluation"
+    summary = evaluate(
+        features, models, out, params, tmp_path / "none.dvc", only=["itemknn", "ease"]
+    )
+    assert set(summary["models"]) == {"itemknn", "ease"}
+    assert summary["decision"]["not_compared"] == ["popularity"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["temporal"]) == {"itemknn", "ease"}
+
+
 def test_stale_models_are_refused(trained, tmp_path: Path):
     features, models, params = trained
     out = tmp_path / "evaluation"
