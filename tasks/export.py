@@ -14,7 +14,9 @@ manifest's "scorer" says how the server turns a request into scores):
   features the graph looks up (0 = unknown user: no features).
 - score_vector ("static"): scores.npy, the same scores for everyone.
 - score_graph and neighbours ("onnx_scores"): model.onnx (history, user) -> scores; the model's
-  item vectors too where its entry names them (for similar items).
+  item vectors too where its entry names them (for similar items). neighbours (item-kNN) also
+  stores its top-k lists, neighbours.npy [I+1, k] and sims.npy: the graph holds those lists, not
+  an item x item matrix, and the server reads them for similar items and sparse scoring.
 
 VERSION is `YYYYMMDDTHHMMSSZ-<first 8 hex of the weights' sha256>` (UTC): it sorts by export
 time as a string, and says which weights it holds. The version folder is built under a
@@ -213,11 +215,9 @@ def _write_graphs(spec: ModelSpec, net: Any, data: Any, out: Path) -> tuple[dict
         }
         return graphs, lambda h, u: run(session, h, u) @ item_matrix.T
 
-    # ItemKNN's sparse index_put_(accumulate=True) exports as a ScatterND that overwrites
-    # instead of adding; its dense equivalent (a history row times the similarity matrix) is
-    # the same sum and exports exactly.
-    wrapper = _DenseItemKNN(net) if spec.export == NEIGHBOURS else _Scores(net, True)
-    onnx_export(wrapper, (example, example_users), out / "model.onnx", [history, user], [scores])
+    onnx_export(
+        _Scores(net, True), (example, example_users), out / "model.onnx", [history, user], [scores]
+    )
     session = ort_session(out / "model.onnx")
     graphs = {
         "scorer": "onnx_scores",
@@ -227,6 +227,11 @@ def _write_graphs(spec: ModelSpec, net: Any, data: Any, out: Path) -> tuple[dict
         vectors = net.state_dict()[spec.item_vectors]
         _save_items(out, vectors)
         graphs["item_embeddings.npy"] = {"shape": list(vectors.shape)}
+    if spec.export == NEIGHBOURS:  # the lists themselves: similar items, sparse scoring
+        np.save(out / "neighbours.npy", net.neighbours.numpy().astype(np.int64))
+        np.save(out / "sims.npy", net.sims.numpy().astype(np.float32))
+        graphs["neighbours.npy"] = {"shape": list(net.neighbours.shape), "decay": net.decay}
+        graphs["sims.npy"] = {"shape": list(net.sims.shape)}
     return graphs, lambda h, u: run(session, h, u)
 
 
@@ -319,24 +324,6 @@ class _LastState(nn.Module):
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         return self.net(history)[:, -1]
-
-
-class _DenseItemKNN(nn.Module):
-    """ItemKNN.score with its top-k neighbour lists expanded into a dense [I+1, I+1] matrix."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        n = net.neighbours.shape[0]
-        dense = torch.zeros(n, n).scatter_add_(1, net.neighbours, net.sims.float())
-        self.register_buffer("dense", dense)
-        self.decay = float(net.decay)
-
-    def forward(self, history: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
-        length = history.shape[1]
-        age = torch.arange(length - 1, -1, -1, dtype=torch.float32)
-        weight = self.decay**age * (history > 0).float()
-        rows = torch.zeros(history.shape[0], self.dense.shape[0]).scatter_add(1, history, weight)
-        return rows @ self.dense
 
 
 class _UserTower(nn.Module):
