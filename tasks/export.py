@@ -55,7 +55,7 @@ from recsys_models.spec import (
     SCORE_VECTOR,
     ModelSpec,
 )
-from tasks import model_store
+from tasks import ann, model_store
 from tasks.errors import RecsysError
 from tasks.feature_store import (
     full_histories,
@@ -65,6 +65,7 @@ from tasks.feature_store import (
     serving_files,
 )
 from tasks.io import file_sha256, staged_dir
+from tasks.params import AnnParams
 
 FORMAT_VERSION = 1
 OPSET = 17
@@ -82,8 +83,14 @@ def export(
     latency_calls: int = 300,
     seed: int = 0,
     data_dvc: Path | None = Path("data.dvc"),
+    ann_params: AnnParams | None = None,
 ) -> dict[str, Any]:
-    """Export models/<name>/ into artifacts/<name>/<version>/; return its manifest."""
+    """Export models/<name>/ into artifacts/<name>/<version>/; return its manifest.
+
+    A dot-product model over a catalogue of at least ann_params.min_items also gets an HNSW
+    index (tasks/ann.py) and the manifest's "ann" entry; smaller catalogues are scored exactly.
+    """
+    ann_params = ann_params or AnnParams()
     model_dir = model_store.model_dir(models_dir, name)
     features_dir, artifacts_dir = Path(features_dir), Path(artifacts_dir)
     config = model_store.read_record(model_dir)
@@ -118,6 +125,7 @@ def export(
             latency = measure_latency(scorer, rows[:1], users[:1], latency_calls)
             if graphs["scorer"] == "static":
                 latency["runtime"] = "numpy (a stored score vector, no graph)"
+            index = _write_index(tmp, data, ann_params, rows[: ann_params.recall_queries], users)
             _copy_features(features_dir, tmp, data)
             manifest = {
                 "format_version": FORMAT_VERSION,
@@ -142,6 +150,7 @@ def export(
                 "git_commit": git_commit(),
                 "parity": parity,
                 "latency": latency,
+                **({"ann": index} if index else {}),
                 "files": {
                     str(p.relative_to(tmp)): file_sha256(p)
                     for p in sorted(tmp.rglob("*"))
@@ -153,6 +162,28 @@ def export(
         _remove_if_empty(out.parent)
         raise
     return manifest
+
+
+def _write_index(
+    out: Path, data: Any, params: AnnParams, rows: np.ndarray, users: np.ndarray
+) -> dict[str, Any] | None:
+    """The manifest's "ann" entry for a catalogue of at least params.min_items: the HNSW index
+    of a dot-product artifact (a user-vector graph beside item vectors), measured on the
+    held-out users' vectors; item-kNN's neighbour lists (exact); else None (exact scoring)."""
+    graph, items = out / "user_embedding.onnx", out / "item_embeddings.npy"
+    if data.n_items < params.min_items:
+        return None
+    if (out / "neighbours.npy").is_file():  # item-kNN: the lists are an exact candidate pool
+        return {"kind": "neighbours", "items": int(data.n_items), "recall@10": 1.0}
+    if (out / "user_vectors.npy").is_file():  # matrix factorisation: a user id's vector
+        graph, items = out / "user_vectors.npy", out / "ann_items.npy"
+        queries = np.load(graph)[users[: len(rows)]]
+    elif graph.is_file() and items.is_file():
+        queries = run(ort_session(graph), rows, users[: len(rows)])
+    else:
+        return None
+    entry = ann.write(out, np.load(items), queries, params)
+    return entry | {"query": graph.name, "items": items.name}
 
 
 def make_version(weights_sha256: str, now: dt.datetime | None = None) -> str:
@@ -227,6 +258,12 @@ def _write_graphs(spec: ModelSpec, net: Any, data: Any, out: Path) -> tuple[dict
         vectors = net.state_dict()[spec.item_vectors]
         _save_items(out, vectors)
         graphs["item_embeddings.npy"] = {"shape": list(vectors.shape)}
+    if spec.dot_vectors is not None:  # for the ANN index: query by user id, no graph
+        user_vectors, item_vectors = (t.detach().float().numpy() for t in spec.dot_vectors(net))
+        np.save(out / "user_vectors.npy", np.ascontiguousarray(user_vectors))
+        np.save(out / "ann_items.npy", np.ascontiguousarray(item_vectors))
+        graphs["user_vectors.npy"] = {"shape": list(user_vectors.shape)}
+        graphs["ann_items.npy"] = {"shape": list(item_vectors.shape)}
     if spec.export == NEIGHBOURS:  # the lists themselves: similar items, sparse scoring
         np.save(out / "neighbours.npy", net.neighbours.numpy().astype(np.int64))
         np.save(out / "sims.npy", net.sims.numpy().astype(np.float32))
