@@ -261,6 +261,8 @@ class EvaluateParams:
     alpha: float = 0.05  # significance level of the paired test
     bootstrap_samples: int = 2000
     memory_budget_mb: int = 512  # score matrix per batch of users: sets the batch size
+    shard_users: int = 100_000  # test users per shard (the unit one process or worker scores)
+    parallel: str = "none"  # shards side by side: none (one process) | dask (train's cluster)
     guardrails: GuardrailParams = field(default_factory=GuardrailParams)
     segments: SegmentParams = field(default_factory=SegmentParams)
 
@@ -274,7 +276,8 @@ class EvaluateParams:
         names = model_names()
         for name in self.baselines:
             _check(name in names, source, f"{where}.baselines", "registered models", name)
-        for name in ("sampled_negatives", "bootstrap_samples", "memory_budget_mb"):
+        _check_choice(self.parallel, ("none", "dask"), f"{where}.parallel", source)
+        for name in ("sampled_negatives", "bootstrap_samples", "memory_budget_mb", "shard_users"):
             value = getattr(self, name)
             _check(value >= 1, source, f"{where}.{name}", ">= 1", value)
         _check(0 < self.alpha < 1, source, f"{where}.alpha", "in (0, 1)", self.alpha)

@@ -96,3 +96,53 @@ def test_the_train_stage_reports_eases_refusal_as_one_line(tmp_path: Path):
     with pytest.raises(RecsysError, match=rf"^model ease: {data.n_items} items need .* GiB"):
         train_stage.train("ease", tmp_path / "features", tmp_path / "models" / "ease", train_params)
     assert not (tmp_path / "models" / "ease" / "weights.pt").exists()
+
+
+def sharded_runs(tmp_path: Path, client_factory=None):
+    """One shot, and shards of 7 users (in this process, or through the client given)."""
+    from tasks.evaluate import CatalogueStats, score_model
+
+    params = FeaturesParams(min_user_interactions=1, min_item_interactions=1, max_seq_len=8)
+    data = synthetic_features(tmp_path, 60, 40, 1_200, seed=4, params=params)
+    net = itemknn.fit(data, itemknn.Config(k=10), seed=0)
+    stats = CatalogueStats(data)
+
+    def run(shard_users: int, client=None):
+        p = load_params(tmp_path / "absent.yaml", {"evaluate.shard_users": shard_users})
+        return score_model(net, data, "itemknn", "loo", p, stats, client)
+
+    one = run(10_000)
+    assert one.per_user.height == data.n_users > 7  # several shards of 7
+    if client_factory is None:
+        return one, run(7)
+    with client_factory() as client:
+        return one, run(7, client)
+
+
+def assert_same(one, other) -> None:
+    assert other.per_user.equals(one.per_user)
+    assert (other.full, other.sampled, other.beyond) == (one.full, one.sampled, one.beyond)
+    assert (other.recommended == one.recommended).all()
+
+
+def test_sharded_evaluation_in_one_process_equals_one_shot(tmp_path: Path):
+    assert_same(*sharded_runs(tmp_path))
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_on_a_local_dask_cluster_equals_one_shot(tmp_path: Path):
+    """A real local Dask cluster of two worker processes scores the shards."""
+    import contextlib
+
+    from distributed import Client, LocalCluster
+
+    @contextlib.contextmanager
+    def client_factory():
+        with (
+            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
+            assert len(client.scheduler_info()["workers"]) == 2
+            yield client
+
+    assert_same(*sharded_runs(tmp_path, client_factory))
