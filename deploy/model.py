@@ -125,7 +125,10 @@ class ServedModel:
         if entry.get("kind") != "hnsw":
             raise RecsysError(f"{folder}: unknown ann kind {entry.get('kind')!r} in {MANIFEST}")
         self.index = ann.load(folder / entry["file"], int(entry["expansion_search"]))
-        self.ann_items = np.load(folder / entry["items"], allow_pickle=False).astype(np.float32)
+        if entry["items"] == "item_embeddings.npy" and self.item_vectors is not None:
+            self.ann_items = self.item_vectors  # already loaded: one copy in memory
+        else:
+            self.ann_items = np.load(folder / entry["items"], allow_pickle=False).astype(np.float32)
         if entry["query"].endswith(".npy"):  # a user id's stored vector
             self.user_vectors = np.load(folder / entry["query"], allow_pickle=False)
             self.query_session = None
