@@ -125,7 +125,8 @@ def export(
             latency = measure_latency(scorer, rows[:1], users[:1], latency_calls)
             if graphs["scorer"] == "static":
                 latency["runtime"] = "numpy (a stored score vector, no graph)"
-            index = _write_index(tmp, data, ann_params, rows[: ann_params.recall_queries], users)
+            queries = rows[: ann_params.recall_queries], users
+            index = _write_index(tmp, spec, net, data, ann_params, *queries)
             _copy_features(features_dir, tmp, data)
             manifest = {
                 "format_version": FORMAT_VERSION,
@@ -165,7 +166,13 @@ def export(
 
 
 def _write_index(
-    out: Path, data: Any, params: AnnParams, rows: np.ndarray, users: np.ndarray
+    out: Path,
+    spec: ModelSpec,
+    net: Any,
+    data: Any,
+    params: AnnParams,
+    rows: np.ndarray,
+    users: np.ndarray,
 ) -> dict[str, Any] | None:
     """The manifest's "ann" entry for a catalogue of at least params.min_items: the HNSW index
     of a dot-product artifact (a user-vector graph beside item vectors), measured on the
@@ -175,9 +182,12 @@ def _write_index(
         return None
     if (out / "neighbours.npy").is_file():  # item-kNN: the lists are an exact candidate pool
         return {"kind": "neighbours", "items": int(data.n_items), "recall@10": 1.0}
-    if (out / "user_vectors.npy").is_file():  # matrix factorisation: a user id's vector
+    if spec.dot_vectors is not None:  # matrix factorisation: query by a user id's vector
         graph, items = out / "user_vectors.npy", out / "ann_items.npy"
-        queries = np.load(graph)[users[: len(rows)]]
+        user_vectors, item_vectors = (t.detach().float().numpy() for t in spec.dot_vectors(net))
+        np.save(graph, np.ascontiguousarray(user_vectors))
+        np.save(items, np.ascontiguousarray(item_vectors))
+        queries = user_vectors[users[: len(rows)]]
     elif graph.is_file() and items.is_file():
         queries = run(ort_session(graph), rows, users[: len(rows)])
     else:
@@ -258,12 +268,6 @@ def _write_graphs(spec: ModelSpec, net: Any, data: Any, out: Path) -> tuple[dict
         vectors = net.state_dict()[spec.item_vectors]
         _save_items(out, vectors)
         graphs["item_embeddings.npy"] = {"shape": list(vectors.shape)}
-    if spec.dot_vectors is not None:  # for the ANN index: query by user id, no graph
-        user_vectors, item_vectors = (t.detach().float().numpy() for t in spec.dot_vectors(net))
-        np.save(out / "user_vectors.npy", np.ascontiguousarray(user_vectors))
-        np.save(out / "ann_items.npy", np.ascontiguousarray(item_vectors))
-        graphs["user_vectors.npy"] = {"shape": list(user_vectors.shape)}
-        graphs["ann_items.npy"] = {"shape": list(item_vectors.shape)}
     if spec.export == NEIGHBOURS:  # the lists themselves: similar items, sparse scoring
         np.save(out / "neighbours.npy", net.neighbours.numpy().astype(np.int64))
         np.save(out / "sims.npy", net.sims.numpy().astype(np.float32))
