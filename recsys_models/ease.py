@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import torch
 from torch import nn
 
@@ -56,10 +57,12 @@ class EASE(nn.Module):
         return rows @ self.weights
 
 
-# Bytes per item pair at the peak of fit: the float64 Gram matrix, its float64 inverse (numpy
-# inverts a copy), then the float32 weights beside the inverse. float64 for the inverse, whose
-# l2-regularised Gram matrix still spans several orders of magnitude; float32 for what is kept.
-BYTES_PER_PAIR = 8 + 8 + 4
+# Bytes per item pair at the peak of fit: the float64 Gram matrix (inverted in place by LAPACK),
+# then the float32 weights beside it; building the Gram matrix holds a float32 and a float64 copy
+# for a moment, the same 12. float64 for the inverse, whose l2-regularised Gram matrix spans
+# several orders of magnitude; float32 for what is kept. (numpy.linalg.inv, which works on a
+# copy and solves against an identity matrix, peaked at 32 bytes per pair.)
+BYTES_PER_PAIR = 8 + 4
 
 
 def memory_needed(n_items: int) -> int:
@@ -81,7 +84,9 @@ def check_memory(n_items: int, budget_gib: float) -> None:
 def closed_form(gram: np.ndarray, l2: float) -> np.ndarray:
     """B from the Gram matrix X^T X (float64 for the inverse), diagonal zero, float32."""
     gram[np.diag_indices_from(gram)] += l2
-    p = np.linalg.inv(gram)
+    # symmetric, so its transpose (a Fortran-ordered view) is the same matrix, which LAPACK
+    # inverts in place: no copy of catalogue size
+    p = scipy.linalg.inv(gram.T, overwrite_a=True, check_finite=False).T
     del gram
     p /= -np.diag(p).copy()[None, :]  # column j over -P_jj (a copy: p changes under it)
     np.fill_diagonal(p, 0.0)
