@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate tables serve bench-serve prefect clean
+.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate tables serve bench-serve bench-scale prefect clean
 
 venv: $(STAMP)
 
@@ -95,6 +95,12 @@ bench-classic: data .venv-peers/.installed
 	$(PYTHON) -m venv .venv-peers
 	.venv-peers/bin/python -m pip install -q implicit==0.7.3 scikit-surprise==1.1.5 'numpy<2'
 	touch $@
+
+# Export and serving at a large synthetic catalogue (issue 19): stage wall time and peak RSS,
+# HNSW recall@10 against exact scoring, latency at concurrency 1 and 8 (bench/results/scale.md).
+# SCALE_ARGS="--items 1000000 --users 160000 --interactions 20000000" for the issue's size.
+bench-scale: $(STAMP)
+	$(BIN)/python bench/bench_scale.py $(SCALE_ARGS)
 
 # Random SIGKILLs of features, train and export, then every output checked (reloaded):
 # bench/results/faults.{json,md}.

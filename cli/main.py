@@ -141,6 +141,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         models_dir=Path(args.models_dir or params.train.out),
         features_dir=Path(args.features or params.features.out),
         artifacts_dir=Path(args.out),
+        ann_params=params.export.ann,
     )
     parity, latency = manifest["parity"], manifest["latency"]
     print_summary(

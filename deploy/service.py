@@ -6,7 +6,10 @@ Endpoints (ids are the ORIGINAL ids of the data, as in the raw files):
 - GET  /recommend/{user_id}?k=10&include_genres=..&exclude_genres=..   a known user's history
        drives the model; an unknown user gets the popularity fallback ("fallback": true)
 - POST /recommend  {"items": [...], "k": 10, "include_genres": [...], "exclude_genres": [...]}
-- GET  /items/{item_id}/similar?k=10   cosine over the champion's item embeddings
+- GET  /items/{item_id}/similar?k=10   item-kNN: its neighbour lists; models with item
+       embeddings: cosine over them; other history models: their scores for that item alone
+Above export.ann.min_items items, dot-product models answer through an HNSW index: a candidate
+pool re-scored exactly and filtered (tasks/artifact_store.py, tasks/ann.py).
 - GET  /healthz (the process is up), /readyz (a model is loaded), /metrics (Prometheus)
 Items the user has already seen (or sent) are never recommended.
 
@@ -461,8 +464,7 @@ def create_app(
             rec = popular(model, k, np.zeros(0, np.int64), genres, "unknown user")
         else:
             history, seen = model.user_history(user_idx)
-            scores = model.scores(history, user_idx)
-            rec = Recommendation(model.top_k(scores, k, seen, *genres), fallback=False)
+            rec = Recommendation(model.recommend(history, user_idx, k, seen, *genres), False)
         return answer(model, rec, user_id=user_id)
 
     @app.post("/recommend")
@@ -484,15 +486,19 @@ def create_app(
         elif not model.uses_history:
             rec = popular(model, body.k, history, genres, f"{model.name} scores known users only")
         else:
-            scores = model.scores(history, 0)
-            rec = Recommendation(model.top_k(scores, body.k, history, *genres), fallback=False)
+            items = model.recommend(history, 0, body.k, history, *genres)
+            rec = Recommendation(items, fallback=False)
         return answer(model, rec)
 
     @app.get("/items/{item_id}/similar")
     def similar(item_id: str, k: K = 10) -> dict[str, Any]:
         model = serving()
-        if model.item_vectors is None:
-            raise HTTPException(404, f"model {model.name} has no item embeddings")
+        if model.similar_by is None:
+            raise HTTPException(
+                404,
+                f"model {model.name} has no item similarity (it scores users by id alone "
+                "or everyone the same)",
+            )
         idx = model.item_index.get(item_id)
         if idx is None:
             raise HTTPException(404, f"unknown item id {item_id!r}")

@@ -36,7 +36,7 @@ from tasks.incoming import (
 from tasks.ingest import column_map, ingest
 from tasks.model_store import model_dir
 from tasks.movielens import fetch_movielens
-from tasks.params import Params, TrainParams, load_params
+from tasks.params import AnnParams, Params, TrainParams, as_dict, load_params
 from tasks.registry import CHAMPION, promote, read_champion
 from tasks.release import release_plan
 
@@ -190,8 +190,11 @@ def evaluate_task(
         Path(parameters["artifacts_dir"]) / parameters["name"] / manifest["version"]
     ),
 )
-def export_task(name: str, model: str, features: str, artifacts_dir: str) -> dict[str, Any]:
-    """`model` is models/<name>: exporting the same weights again reuses the cached version."""
+def export_task(
+    name: str, model: str, features: str, artifacts_dir: str, ann: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`model` is models/<name>: exporting the same weights again reuses the cached version.
+    `ann`: params.yaml's export.ann (a plain mapping, part of the cache key)."""
     from tasks.export import export  # heavy (torch, onnx): imported when it runs
 
     return export(
@@ -199,6 +202,7 @@ def export_task(name: str, model: str, features: str, artifacts_dir: str) -> dic
         models_dir=Path(model).parent,
         features_dir=Path(features),
         artifacts_dir=Path(artifacts_dir),
+        ann_params=AnnParams(**ann) if ann else None,
     )
 
 
@@ -361,6 +365,7 @@ def _release(params: Params, decision: dict[str, Any], release: bool) -> dict[st
             str(model_dir(params.train.out, name)),
             params.features.out,
             artifacts_dir,
+            as_dict(params.export.ann),
         )
         logger.info("exported %s/%s", name, exported["version"])
         if plan["promote"]:

@@ -117,6 +117,11 @@ def restore(data: FeatureData, config: Config) -> ALS:
     )
 
 
+def dot_vectors(model: ALS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors themselves: score = user factors . item factors."""
+    return model.user_factors, model.item_factors
+
+
 SPEC = ModelSpec(
     name="als",
     kind=CLOSED_FORM,
@@ -126,4 +131,5 @@ SPEC = ModelSpec(
     fit=fit,
     uses_history=False,
     item_vectors="item_factors",
+    dot_vectors=dot_vectors,
 )

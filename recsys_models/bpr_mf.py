@@ -136,6 +136,13 @@ def build(data: FeatureData, config: Config, seed: int) -> tuple[BPRModule, BPRD
     return BPRModule(model, data, config), BPRData(data, config, seed)
 
 
+def dot_vectors(model: BPRMF) -> tuple[torch.Tensor, torch.Tensor]:
+    """[user, 1] . [item, bias] = score: the bias folded into one more dimension."""
+    users = model.user_emb.weight
+    items = torch.cat([model.item_emb.weight, model.item_bias.weight], dim=1)
+    return torch.cat([users, torch.ones(len(users), 1, dtype=users.dtype)], dim=1), items
+
+
 SPEC = ModelSpec(
     name="bpr_mf",
     kind=GRADIENT,
@@ -145,4 +152,5 @@ SPEC = ModelSpec(
     build=build,
     uses_history=False,
     item_vectors="item_emb.weight",
+    dot_vectors=dot_vectors,
 )

@@ -3,7 +3,8 @@
 B = argmin ||X - X B||^2 + lambda ||B||^2 subject to diag(B) = 0, which is
 B = I - P diag(1 / diag(P)) with P = (X^T X + lambda I)^-1, i.e. B_ij = -P_ij / P_jj off the
 diagonal. One matrix inverse of catalogue size (I x I): seconds at MovieLens scale, a dense
-I^2 matrix in memory, so not for catalogues beyond ~50k items.
+I^2 matrix in memory, so not for catalogues beyond ~50k items: fit estimates its peak memory
+first and refuses a catalogue over train.ease.max_memory_gib.
 
 A user's scores are their (recency-weighted) history row times B. As in item-kNN, the row is
 built from `history` (newest item weight 1, the one before `decay`, ...) rather than from
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import torch
 from torch import nn
 
@@ -28,8 +30,11 @@ from recsys_models.spec import CLOSED_FORM, SCORE_GRAPH, ModelSpec
 class Config:
     l2: float = 500.0  # lambda on the diagonal of the Gram matrix
     decay: float = 1.0  # weight of an item per step back from the newest
+    max_memory_gib: float = 8.0  # fit refuses a catalogue whose dense matrices need more
 
     def __post_init__(self):
+        if self.max_memory_gib <= 0:
+            raise ValueError(f"max_memory_gib must be > 0, got {self.max_memory_gib}")
         if self.l2 <= 0:
             raise ValueError(f"l2 must be > 0, got {self.l2}")
         if not 0 < self.decay <= 1:
@@ -52,22 +57,51 @@ class EASE(nn.Module):
         return rows @ self.weights
 
 
+# Bytes per item pair at the peak of fit: the float64 Gram matrix (inverted in place by LAPACK),
+# then the float32 weights beside it; building the Gram matrix holds a float32 and a float64 copy
+# for a moment, the same 12. float64 for the inverse, whose l2-regularised Gram matrix spans
+# several orders of magnitude; float32 for what is kept. (numpy.linalg.inv, which works on a
+# copy and solves against an identity matrix, peaked at 32 bytes per pair.)
+BYTES_PER_PAIR = 8 + 4
+
+
+def memory_needed(n_items: int) -> int:
+    """Bytes fit() holds at its peak for n_items (+1 padding row): dense by nature."""
+    return BYTES_PER_PAIR * (n_items + 1) ** 2
+
+
+def check_memory(n_items: int, budget_gib: float) -> None:
+    """Refuse before allocating anything when the dense matrices would not fit the budget."""
+    need = memory_needed(n_items)
+    if need > budget_gib * 2**30:
+        raise ValueError(
+            f"{n_items:,} items need {need / 2**30:.1f} GiB for EASE's dense item x item "
+            f"matrices (Gram, inverse, weights), over the budget of {budget_gib:g} GiB "
+            "(train.ease.max_memory_gib in params.yaml); use item-kNN for this catalogue"
+        )
+
+
 def closed_form(gram: np.ndarray, l2: float) -> np.ndarray:
-    """B from the Gram matrix X^T X (float64 for the inverse), diagonal zero."""
-    p = np.linalg.inv(gram + l2 * np.eye(len(gram)))
-    b = -p / np.diag(p)[None, :]
-    np.fill_diagonal(b, 0.0)
-    return b
+    """B from the Gram matrix X^T X (float64 for the inverse), diagonal zero, float32."""
+    gram[np.diag_indices_from(gram)] += l2
+    # symmetric, so its transpose (a Fortran-ordered view) is the same matrix, which LAPACK
+    # inverts in place: no copy of catalogue size
+    p = scipy.linalg.inv(gram.T, overwrite_a=True, check_finite=False).T
+    del gram
+    p /= -np.diag(p).copy()[None, :]  # column j over -P_jj (a copy: p changes under it)
+    np.fill_diagonal(p, 0.0)
+    return p.astype(np.float32)
 
 
 def fit(data: FeatureData, config: Config, seed: int) -> EASE:
-    """B from the training interactions; `seed` is unused (nothing is random)."""
+    """B from the training interactions; `seed` is unused (nothing is random). Refuses (one
+    ValueError line) when the catalogue's dense matrices exceed config.max_memory_gib."""
+    check_memory(data.n_items, config.max_memory_gib)
     matrix = interaction_matrix(
         data.train_users, data.train_items, (data.n_users + 1, data.n_items + 1)
     )
     gram = (matrix.T @ matrix).toarray().astype(np.float64)
-    b = closed_form(gram, config.l2)
-    return EASE(torch.from_numpy(b.astype(np.float32)), config.decay)
+    return EASE(torch.from_numpy(closed_form(gram, config.l2)), config.decay)
 
 
 def restore(data: FeatureData, config: Config) -> EASE:

@@ -102,19 +102,19 @@ class ItemKNN(nn.Module):
         self.decay = decay
 
     def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """Recency-weighted sum of sim(i, j) over the items i in history, every j: [B, I+1]."""
+        """Recency-weighted sum of sim(i, j) over the items i in history, every j: [B, I+1].
+
+        One scatter-add of the history's neighbour lists ([B, L*k] values), never an item x
+        item matrix; it exports to ONNX as ScatterElements with reduction add, which sums
+        repeated indices as eager does (index_put_ exported as a ScatterND that overwrote).
+        """
         batch, length = history.shape
         age = torch.arange(length - 1, -1, -1, device=history.device, dtype=self.sims.dtype)
         weight = self.decay**age * (history > 0)  # [B, L]; padding weighs nothing
-        k = self.neighbours.shape[1]
-        rows = torch.arange(batch, device=history.device)[:, None, None].expand(-1, length, k)
+        columns = self.neighbours[history].reshape(batch, -1)  # [B, L*k]
+        values = (self.sims[history] * weight[..., None]).reshape(batch, -1)
         scores = torch.zeros(batch, self.neighbours.shape[0], device=history.device)
-        scores.index_put_(
-            (rows, self.neighbours[history]),
-            self.sims[history] * weight[..., None],
-            accumulate=True,
-        )
-        return scores
+        return scores.scatter_add(1, columns, values.to(scores.dtype))
 
 
 def fit(data: FeatureData, config: Config, seed: int) -> ItemKNN:

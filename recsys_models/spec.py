@@ -39,7 +39,9 @@ class ModelSpec:
     shape but untrained values, so saved weights load into it without refitting or building
     training data. uses_history False: the scores depend on the user id alone (a bare history
     from an unknown user cannot be served). item_vectors: the state-dict key of item vectors
-    the server may use for similar items, where the model has them.
+    the server may use for similar items, where the model has them. dot_vectors: user and item
+    vectors whose dot product is the score, for a model scored by the user id alone (matrix
+    factorisation), so the server can retrieve through an ANN index.
     """
 
     name: str
@@ -52,6 +54,9 @@ class ModelSpec:
     needs: frozenset[str] = field(default_factory=frozenset)
     uses_history: bool = True
     item_vectors: str | None = None
+    # (module) -> (user vectors [U+1, d], item vectors [I+1, d]) whose dot product is the score:
+    # for a model scored by user id alone, what export builds the ANN index from.
+    dot_vectors: Callable[[Any], tuple[Any, Any]] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:

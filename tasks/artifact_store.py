@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import polars as pl
 
+from tasks import ann
 from tasks.errors import RecsysError
 from tasks.io import file_sha256
 from tasks.registry import MANIFEST, verify_version
@@ -62,6 +63,7 @@ class ServedModel:
         try:
             self._load_arrays(folder)
             self._load_graph(folder, threads)
+            self._load_index(folder, threads)
             self._load_items(folder)
             # One inference now, so a graph that loads but cannot run is refused at load time,
             # not on the first request.
@@ -89,6 +91,11 @@ class ServedModel:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             self.item_vectors = vectors
             self.unit_vectors = vectors / np.maximum(norms, 1e-12)
+        self.neighbours = self.neighbour_sims = None
+        if (folder / "neighbours.npy").is_file():  # item-kNN's top-k lists
+            self.neighbours = npy("neighbours.npy").astype(np.int64)
+            self.neighbour_sims = npy("sims.npy").astype(np.float32)
+            self.decay = float(self.manifest["graphs"]["neighbours.npy"]["decay"])
 
     def _load_graph(self, folder: Path, threads: int) -> None:
         self.session = None
@@ -109,6 +116,38 @@ class ServedModel:
         self.inputs = [i.name for i in self.session.get_inputs()]
         if "history" not in self.inputs and self.uses_history:
             raise RecsysError(f"{folder / graph}: no 'history' input")
+
+    def _load_index(self, folder: Path, threads: int) -> None:
+        """The manifest's "ann" entry: an HNSW index over item vectors and the graph that
+        turns a request into the query vector (tasks/ann.py); none below the size limit."""
+        self.index = self.ann = None
+        entry = self.manifest.get("ann")
+        if not entry:
+            return
+        self.ann = entry
+        if entry.get("kind") == "neighbours" and self.neighbours is not None:
+            return  # item-kNN: scored from its neighbour lists, no index
+        if entry.get("kind") != "hnsw":
+            raise RecsysError(f"{folder}: unknown ann kind {entry.get('kind')!r} in {MANIFEST}")
+        self.index = ann.load(folder / entry["file"], int(entry["expansion_search"]))
+        if entry["items"] == "item_embeddings.npy" and self.item_vectors is not None:
+            self.ann_items = self.item_vectors  # already loaded: one copy in memory
+        else:
+            self.ann_items = np.load(folder / entry["items"], allow_pickle=False).astype(np.float32)
+        if entry["query"].endswith(".npy"):  # a user id's stored vector
+            self.user_vectors = np.load(folder / entry["query"], allow_pickle=False)
+            self.query_session = None
+        elif self.kind == "dot" and entry["query"] == "user_embedding.onnx":
+            self.query_session, self.query_inputs = self.session, self.inputs
+        else:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            self.query_session = ort.InferenceSession(
+                str(folder / entry["query"]), options, providers=["CPUExecutionProvider"]
+            )
+            self.query_inputs = [i.name for i in self.query_session.get_inputs()]
 
     def _load_items(self, folder: Path) -> None:
         items = pl.read_parquet(folder / "items.parquet").sort("item_idx")
@@ -158,6 +197,88 @@ class ServedModel:
         out = self.session.run(None, {name: feeds[name] for name in self.inputs})[0]
         return out @ self.item_vectors.T if self.kind == "dot" else out
 
+    def _feeds(self, history: np.ndarray, user_idx: int, names: list[str]) -> dict[str, Any]:
+        history = np.asarray(history, dtype=np.int64)[-self.max_seq_len :]
+        if history.size == 0:
+            history = np.zeros(1, dtype=np.int64)
+        feeds = {"history": history[None, :], "user": np.array([user_idx], dtype=np.int64)}
+        return {name: feeds[name] for name in names}
+
+    def recommend(
+        self,
+        history: np.ndarray,
+        user_idx: int,
+        k: int,
+        exclude: np.ndarray,
+        include_genres: list[int],
+        exclude_genres: list[int],
+    ) -> list[dict[str, Any]]:
+        """The k best items for a request. Where the manifest has an "ann" entry, from a
+        candidate pool (the HNSW index's, re-scored exactly; item-kNN's neighbour lists, exact
+        by construction), filtered; by scoring the whole catalogue otherwise, or when the
+        filters leave fewer than k candidates."""
+        pool = None
+        if self.index is not None:
+            pool = self._hnsw_pool(history, user_idx, k + len(exclude))
+        elif self.ann is not None:  # item-kNN above the size limit: its neighbour lists
+            pool = self._neighbour_pool(history)
+        if pool is not None:
+            found = self._from_pool(*pool, k, exclude, include_genres, exclude_genres)
+            if found is not None:
+                return found
+        scores = self.scores(history, user_idx)
+        return self.top_k(scores, k, exclude, include_genres, exclude_genres)
+
+    def _from_pool(
+        self,
+        pool: np.ndarray,
+        scores: Any,
+        k: int,
+        exclude: np.ndarray,
+        include_genres: list[int],
+        exclude_genres: list[int],
+    ) -> list[dict[str, Any]] | None:
+        """The pool's k best after the filters, by exact score (`scores(pool)`), or None when
+        fewer than k survive (the caller then scores the whole catalogue)."""
+        keep = (pool > 0) & ~np.isin(pool, np.asarray(exclude, dtype=np.int64))
+        if include_genres:
+            keep &= self.genre_matrix[pool][:, include_genres].any(axis=1)
+        if exclude_genres:
+            keep &= ~self.genre_matrix[pool][:, exclude_genres].any(axis=1)
+        if keep.sum() < k:
+            return None
+        values = np.asarray(scores(keep), dtype=np.float64)
+        pool = pool[keep]
+        finite = np.isfinite(values)
+        if finite.sum() < k:
+            return None
+        pool, values = pool[finite], values[finite]
+        order = np.lexsort((pool, -values))[:k]
+        return [self.describe(int(pool[i]), float(values[i])) for i in order]
+
+    def _hnsw_pool(self, history: np.ndarray, user_idx: int, extra: int) -> tuple[np.ndarray, Any]:
+        """Candidates from the index for the request's query vector, scored exactly."""
+        if self.query_session is None:
+            query = self.user_vectors[user_idx].astype(np.float32)
+        else:
+            feeds = self._feeds(history, user_idx, self.query_inputs)
+            query = self.query_session.run(None, feeds)[0][0]
+        pool = ann.candidates(self.index, query, int(self.ann["pool"]) + extra)
+        return pool, lambda keep: self.ann_items[pool[keep]] @ query
+
+    def _neighbour_pool(self, history: np.ndarray) -> tuple[np.ndarray, Any]:
+        """item-kNN's exact scores, summed over the history's neighbour lists only: every item
+        outside them scores 0, so the lists are the whole candidate pool."""
+        history = np.asarray(history, dtype=np.int64)[-self.max_seq_len :]
+        age = np.arange(len(history) - 1, -1, -1)
+        weight = self.decay**age * (history > 0)
+        columns = self.neighbours[history].ravel()
+        values = (self.neighbour_sims[history] * weight[:, None]).ravel()
+        positive = values > 0
+        pool, where = np.unique(columns[positive], return_inverse=True)
+        sums = np.bincount(where, weights=values[positive], minlength=len(pool))
+        return pool, lambda keep: sums[keep]
+
     def user_history(self, user_idx: int) -> tuple[np.ndarray, np.ndarray]:
         """(left-padded last max_seq_len items, every item the user has interacted with)."""
         seen = self.seen_items[self.seen_indptr[user_idx] : self.seen_indptr[user_idx + 1]]
@@ -201,10 +322,33 @@ class ServedModel:
             "genres": self.item_genres[idx],
         }
 
+    @property
+    def similar_by(self) -> str | None:
+        """How similar items are found, or None when the model has no notion of it."""
+        if self.neighbours is not None:
+            return "neighbours"  # item-kNN: its own top-k lists
+        if self.item_vectors is not None:
+            return "cosine"  # item embeddings
+        if self.uses_history and self.kind != "static":
+            return "one_item_history"  # the model's scores for a history of that item alone
+        return None
+
     def similar(self, item_idx: int, k: int) -> list[dict[str, Any]]:
-        """Nearest items by cosine of the item embeddings (the item itself excluded)."""
-        sims = self.unit_vectors @ self.unit_vectors[item_idx]
-        return self.top_k(sims, k, np.array([item_idx]), [], [])
+        """The k items most similar to item_idx (never the item itself), by `similar_by`."""
+        method = self.similar_by
+        if method == "neighbours":
+            items, sims = self.neighbours[item_idx], self.neighbour_sims[item_idx]
+            keep = (sims > 0) & (items != item_idx) & (items > 0)
+            items, sims = items[keep], sims[keep]
+            order = np.lexsort((items, -sims))[:k]
+            return [self.describe(int(items[i]), float(sims[i])) for i in order]
+        if method == "cosine":
+            scores = self.unit_vectors @ self.unit_vectors[item_idx]
+        elif method == "one_item_history":
+            scores = self.scores(np.array([item_idx], dtype=np.int64), 0)
+        else:
+            raise LookupError(f"model {self.name} has no item similarity")
+        return self.top_k(scores, k, np.array([item_idx]), [], [])
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -215,6 +359,8 @@ class ServedModel:
             "items": self.n_items,
             "users": len(self.user_index),
             "item_embeddings": self.item_vectors is not None,
+            "similar_by": self.similar_by,
+            "retrieval": (self.ann or {}).get("kind", "exact"),
         }
 
 

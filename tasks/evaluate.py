@@ -3,7 +3,9 @@
 Every trained model is scored on the same test users of each protocol: leave-one-out by time
 (models/<name>/, the primary protocol) and the global temporal split (models/<name>/temporal/).
 Scores stream through batches of users sized from a memory budget, so the catalogue's size never
-decides whether the evaluation fits in memory. Per user it records the full-ranking metrics, the
+decides whether the evaluation fits in memory; the users are cut into shards (evaluate.shard_users)
+scored in this process or side by side on a Dask cluster (evaluate.parallel), with the same
+result either way. Per user it records the full-ranking metrics, the
 sampled-ranking ones (labelled: for comparison with published tables only) and the
 beyond-accuracy figures of the top-K list; tasks/comparison.py then decides champion vs
 challenger and tasks/report.py writes what people read.
@@ -23,10 +25,11 @@ Layout of reports/evaluation/ (written as one folder, swapped in atomically):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,26 +102,91 @@ class CatalogueStats:
         return float(real[top - 1])
 
 
+@dataclass
+class Shard:
+    """The figures of one shard of users: per-user columns, and the catalogue counts that add
+    up across shards (how often each item is recommended, which items any list covers)."""
+
+    columns: dict[str, np.ndarray]
+    recommended: np.ndarray
+    covered: dict[int, np.ndarray]
+
+
 def score_model(
-    net, data, name: str, protocol: str, params: Params, stats: CatalogueStats | None = None
+    net,
+    data,
+    name: str,
+    protocol: str,
+    params: Params,
+    stats: CatalogueStats | None = None,
+    client: Any = None,
 ) -> Scored:
-    """Per-user full-ranking, sampled-ranking and beyond-accuracy figures of one model."""
-    p = params.evaluate
+    """Per-user full-ranking, sampled-ranking and beyond-accuracy figures of one model.
+
+    The test users are cut into shards of evaluate.shard_users, scored one after the other in
+    this process, or side by side on a Dask cluster when `client` (a distributed.Client) is
+    given. Every per-user figure depends on that user alone (the sampled negatives are seeded
+    by (seed, user)), and the shards are put back in user order, so the result is the same
+    either way; memory is one batch of scores per process plus the per-user columns.
+    """
     stats = stats or CatalogueStats(data)  # the same for every model of a protocol: pass it
     ds = EvalDataset(data, "test")
     touched = _touched(data)
+    size = params.evaluate.shard_users
+    parts = [ds.users[lo : lo + size] for lo in range(0, len(ds), size)] or [ds.users[:0]]
+    start = time.perf_counter()
+    if isinstance(net, torch.nn.Module):  # otherwise the served champion (RemappedScorer)
+        net = net.to(torch.device("cpu")).eval()
+    if client is None:
+        shards = [score_shard(net, data, ds, touched, users, params, stats) for users in parts]
+    else:
+        shared = client.scatter([net, data, ds, touched, stats], broadcast=True)
+        net_f, data_f, ds_f, touched_f, stats_f = shared
+        futures = [
+            client.submit(
+                score_shard, net_f, data_f, ds_f, touched_f, users, params, stats_f, pure=False
+            )
+            for users in parts
+        ]
+        shards = client.gather(futures)
+    seconds = time.perf_counter() - start
+    columns = {key: np.concatenate([sh.columns[key] for sh in shards]) for key in shards[0].columns}
+    recommended = np.sum([sh.recommended for sh in shards], axis=0)
+    covered = {k: np.logical_or.reduce([sh.covered[k] for sh in shards]) for k in KS}
+    per_user = pl.DataFrame(columns)
+    per_user = per_user.with_columns(
+        pl.Series("target_popularity", stats.popularity[per_user["target"].to_numpy()])
+    )
+
+    def means(prefix: str) -> dict[str, float]:
+        names = [c for c in per_user.columns if c.startswith(prefix)]
+        return {c.removeprefix(prefix): float(per_user[c].mean()) for c in names}
+
+    full, sampled, beyond = means("full_"), means("sampled_"), means("beyond_")
+    beyond |= {f"coverage@{k}": float(covered[k][1:].mean()) for k in KS}
+    return Scored(name, protocol, per_user, full, sampled, beyond, recommended, seconds)
+
+
+def score_shard(
+    net,
+    data,
+    ds: EvalDataset,
+    touched: tuple[np.ndarray, np.ndarray],
+    users: np.ndarray,
+    params: Params,
+    stats: CatalogueStats,
+) -> Shard:
+    """One shard of test users, in batches sized from evaluate.memory_budget_mb."""
+    p = params.evaluate
     size = batch_size(data.n_items, p.memory_budget_mb)
     recommended = np.zeros(data.n_items + 1, dtype=np.int64)
     covered = {k: np.zeros(data.n_items + 1, dtype=bool) for k in KS}
     columns: dict[str, list[np.ndarray]] = {}
-    start = time.perf_counter()
-    if isinstance(net, torch.nn.Module):  # otherwise the served champion (RemappedScorer)
-        net = net.to(torch.device("cpu")).eval()
     with torch.no_grad():
-        for lo in range(0, len(ds), size):
-            batch = ds.collate(ds.users[lo : lo + size].tolist())
-            users = batch["user"]
-            scores = torch.as_tensor(net.score(users, batch["history"])).float()
+        for lo in range(0, len(users), size):
+            batch = ds.collate(users[lo : lo + size].tolist())
+            users_t = batch["user"]
+            scores = torch.as_tensor(net.score(users_t, batch["history"])).float()
             targets = batch["targets"]
             positions, beaten = target_positions(
                 scores, targets, batch["seen_rows"], batch["seen_cols"]
@@ -128,7 +196,7 @@ def score_model(
                 data.n_items,
                 touched[0],
                 touched[1],
-                users.numpy(),
+                users_t.numpy(),
                 batch["target"].numpy(),
                 n=p.sampled_negatives,
                 seed=params.seed,
@@ -143,28 +211,17 @@ def score_model(
                 top[:, :BEYOND_K].reshape(-1).numpy(), minlength=len(recommended)
             )
             out |= _beyond(top[:, :BEYOND_K], stats)
-            history = np.diff(ds.indptr)[users.numpy()]
+            history = np.diff(ds.indptr)[users_t.numpy()]
             out |= {
-                "user_idx": users,
+                "user_idx": users_t,
                 "history_len": torch.from_numpy(history),
                 "n_targets": (targets > 0).sum(dim=1),
                 "target": batch["target"],
             }
             for key, value in out.items():
                 columns.setdefault(key, []).append(np.asarray(value))
-    seconds = time.perf_counter() - start
-    per_user = pl.DataFrame({key: np.concatenate(parts) for key, parts in columns.items()})
-    per_user = per_user.with_columns(
-        pl.Series("target_popularity", stats.popularity[per_user["target"].to_numpy()])
-    )
-
-    def means(prefix: str) -> dict[str, float]:
-        names = [c for c in per_user.columns if c.startswith(prefix)]
-        return {c.removeprefix(prefix): float(per_user[c].mean()) for c in names}
-
-    full, sampled, beyond = means("full_"), means("sampled_"), means("beyond_")
-    beyond |= {f"coverage@{k}": float(covered[k][1:].mean()) for k in KS}
-    return Scored(name, protocol, per_user, full, sampled, beyond, recommended, seconds)
+    merged = {key: np.concatenate(parts) for key, parts in columns.items()}
+    return Shard(merged, recommended, covered)
 
 
 def _touched(data) -> tuple[np.ndarray, np.ndarray]:
@@ -283,6 +340,41 @@ def score_all(
 ) -> tuple[dict[str, dict[str, Scored]], CatalogueStats, list[dict[str, str]]]:
     """Every trained model on these features, per protocol; the leave-one-out catalogue
     figures; and the models skipped because they were trained on other features."""
+    with _cluster(params) as client:
+        return _score_all(features_dir, models_dir, version, params, client, only)
+
+
+@contextlib.contextmanager
+def _cluster(params: Params) -> Iterator[Any]:
+    """evaluate.parallel dask: a client of train.dask_address, or of a local cluster of
+    train.workers processes (one thread each) for the stage's duration; otherwise None."""
+    if params.evaluate.parallel != "dask":
+        yield None
+        return
+    from distributed import Client, LocalCluster  # heavy: only when asked for
+
+    train = params.train
+    if train.dask_address:
+        with Client(train.dask_address) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=train.workers, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def _score_all(
+    features_dir: Path,
+    models_dir: Path,
+    version: dict[str, Any],
+    params: Params,
+    client: Any,
+    only: Sequence[str] | None,
+) -> tuple[dict[str, dict[str, Scored]], CatalogueStats, list[dict[str, str]]]:
     scored: dict[str, dict[str, Scored]] = {}
     skipped: list[dict[str, str]] = []
     primary_stats = None
@@ -305,7 +397,7 @@ def score_all(
                 skipped.append({"model": name, "protocol": protocol, "reason": stale})
                 continue
             net = load_model(folder, data)
-            scored[protocol][name] = score_model(net, data, name, protocol, params, stats)
+            scored[protocol][name] = score_model(net, data, name, protocol, params, stats, client)
             print(f"evaluate: {protocol} {name} in {scored[protocol][name].seconds:.2f} s")
         if protocol == "loo":
             _score_served_champion(scored["loo"], features_dir, models_dir, data, params, stats)

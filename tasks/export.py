@@ -14,7 +14,9 @@ manifest's "scorer" says how the server turns a request into scores):
   features the graph looks up (0 = unknown user: no features).
 - score_vector ("static"): scores.npy, the same scores for everyone.
 - score_graph and neighbours ("onnx_scores"): model.onnx (history, user) -> scores; the model's
-  item vectors too where its entry names them (for similar items).
+  item vectors too where its entry names them (for similar items). neighbours (item-kNN) also
+  stores its top-k lists, neighbours.npy [I+1, k] and sims.npy: the graph holds those lists, not
+  an item x item matrix, and the server reads them for similar items and sparse scoring.
 
 VERSION is `YYYYMMDDTHHMMSSZ-<first 8 hex of the weights' sha256>` (UTC): it sorts by export
 time as a string, and says which weights it holds. The version folder is built under a
@@ -53,7 +55,7 @@ from recsys_models.spec import (
     SCORE_VECTOR,
     ModelSpec,
 )
-from tasks import model_store
+from tasks import ann, model_store
 from tasks.errors import RecsysError
 from tasks.feature_store import (
     full_histories,
@@ -63,6 +65,7 @@ from tasks.feature_store import (
     serving_files,
 )
 from tasks.io import file_sha256, staged_dir
+from tasks.params import AnnParams
 
 FORMAT_VERSION = 1
 OPSET = 17
@@ -80,8 +83,14 @@ def export(
     latency_calls: int = 300,
     seed: int = 0,
     data_dvc: Path | None = Path("data.dvc"),
+    ann_params: AnnParams | None = None,
 ) -> dict[str, Any]:
-    """Export models/<name>/ into artifacts/<name>/<version>/; return its manifest."""
+    """Export models/<name>/ into artifacts/<name>/<version>/; return its manifest.
+
+    A dot-product model over a catalogue of at least ann_params.min_items also gets an HNSW
+    index (tasks/ann.py) and the manifest's "ann" entry; smaller catalogues are scored exactly.
+    """
+    ann_params = ann_params or AnnParams()
     model_dir = model_store.model_dir(models_dir, name)
     features_dir, artifacts_dir = Path(features_dir), Path(artifacts_dir)
     config = model_store.read_record(model_dir)
@@ -116,6 +125,8 @@ def export(
             latency = measure_latency(scorer, rows[:1], users[:1], latency_calls)
             if graphs["scorer"] == "static":
                 latency["runtime"] = "numpy (a stored score vector, no graph)"
+            queries = rows[: ann_params.recall_queries], users
+            index = _write_index(tmp, spec, net, data, ann_params, *queries)
             _copy_features(features_dir, tmp, data)
             manifest = {
                 "format_version": FORMAT_VERSION,
@@ -140,6 +151,7 @@ def export(
                 "git_commit": git_commit(),
                 "parity": parity,
                 "latency": latency,
+                **({"ann": index} if index else {}),
                 "files": {
                     str(p.relative_to(tmp)): file_sha256(p)
                     for p in sorted(tmp.rglob("*"))
@@ -151,6 +163,37 @@ def export(
         _remove_if_empty(out.parent)
         raise
     return manifest
+
+
+def _write_index(
+    out: Path,
+    spec: ModelSpec,
+    net: Any,
+    data: Any,
+    params: AnnParams,
+    rows: np.ndarray,
+    users: np.ndarray,
+) -> dict[str, Any] | None:
+    """The manifest's "ann" entry for a catalogue of at least params.min_items: the HNSW index
+    of a dot-product artifact (a user-vector graph beside item vectors), measured on the
+    held-out users' vectors; item-kNN's neighbour lists (exact); else None (exact scoring)."""
+    graph, items = out / "user_embedding.onnx", out / "item_embeddings.npy"
+    if data.n_items < params.min_items:
+        return None
+    if (out / "neighbours.npy").is_file():  # item-kNN: the lists are an exact candidate pool
+        return {"kind": "neighbours", "items": int(data.n_items), "recall@10": 1.0}
+    if spec.dot_vectors is not None:  # matrix factorisation: query by a user id's vector
+        graph, items = out / "user_vectors.npy", out / "ann_items.npy"
+        user_vectors, item_vectors = (t.detach().float().numpy() for t in spec.dot_vectors(net))
+        np.save(graph, np.ascontiguousarray(user_vectors))
+        np.save(items, np.ascontiguousarray(item_vectors))
+        queries = user_vectors[users[: len(rows)]]
+    elif graph.is_file() and items.is_file():
+        queries = run(ort_session(graph), rows, users[: len(rows)])
+    else:
+        return None
+    entry = ann.write(out, np.load(items), queries, params)
+    return entry | {"query": graph.name, "items": items.name}
 
 
 def make_version(weights_sha256: str, now: dt.datetime | None = None) -> str:
@@ -213,11 +256,9 @@ def _write_graphs(spec: ModelSpec, net: Any, data: Any, out: Path) -> tuple[dict
         }
         return graphs, lambda h, u: run(session, h, u) @ item_matrix.T
 
-    # ItemKNN's sparse index_put_(accumulate=True) exports as a ScatterND that overwrites
-    # instead of adding; its dense equivalent (a history row times the similarity matrix) is
-    # the same sum and exports exactly.
-    wrapper = _DenseItemKNN(net) if spec.export == NEIGHBOURS else _Scores(net, True)
-    onnx_export(wrapper, (example, example_users), out / "model.onnx", [history, user], [scores])
+    onnx_export(
+        _Scores(net, True), (example, example_users), out / "model.onnx", [history, user], [scores]
+    )
     session = ort_session(out / "model.onnx")
     graphs = {
         "scorer": "onnx_scores",
@@ -227,6 +268,11 @@ def _write_graphs(spec: ModelSpec, net: Any, data: Any, out: Path) -> tuple[dict
         vectors = net.state_dict()[spec.item_vectors]
         _save_items(out, vectors)
         graphs["item_embeddings.npy"] = {"shape": list(vectors.shape)}
+    if spec.export == NEIGHBOURS:  # the lists themselves: similar items, sparse scoring
+        np.save(out / "neighbours.npy", net.neighbours.numpy().astype(np.int64))
+        np.save(out / "sims.npy", net.sims.numpy().astype(np.float32))
+        graphs["neighbours.npy"] = {"shape": list(net.neighbours.shape), "decay": net.decay}
+        graphs["sims.npy"] = {"shape": list(net.sims.shape)}
     return graphs, lambda h, u: run(session, h, u)
 
 
@@ -321,24 +367,6 @@ class _LastState(nn.Module):
         return self.net(history)[:, -1]
 
 
-class _DenseItemKNN(nn.Module):
-    """ItemKNN.score with its top-k neighbour lists expanded into a dense [I+1, I+1] matrix."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        n = net.neighbours.shape[0]
-        dense = torch.zeros(n, n).scatter_add_(1, net.neighbours, net.sims.float())
-        self.register_buffer("dense", dense)
-        self.decay = float(net.decay)
-
-    def forward(self, history: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
-        length = history.shape[1]
-        age = torch.arange(length - 1, -1, -1, dtype=torch.float32)
-        weight = self.decay**age * (history > 0).float()
-        rows = torch.zeros(history.shape[0], self.dense.shape[0]).scatter_add(1, history, weight)
-        return rows @ self.dense
-
-
 class _UserTower(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -421,9 +449,22 @@ def _compare(want: np.ndarray, got: np.ndarray) -> tuple[float, int]:
     if want.shape != got.shape or not np.isfinite(got).all():
         return float("inf"), 0
     diff = float(np.abs(want - got).max())
-    top_want = np.argsort(-want[:, 1:], axis=1, kind="stable")[:, :10]
-    top_got = np.argsort(-got[:, 1:], axis=1, kind="stable")[:, :10]
-    return diff, int((top_want == top_got).all(axis=1).sum())
+    return diff, int((top_ten(want[:, 1:]) == top_ten(got[:, 1:])).all(axis=1).sum())
+
+
+def top_ten(scores: np.ndarray, k: int = 10) -> np.ndarray:
+    """Each row's k best columns, by score then column: what a stable argsort's first k are,
+    without sorting the whole row (at a million items a full sort per row took minutes)."""
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    k = min(k, scores.shape[1])
+    if k == 0:
+        return np.zeros((len(scores), 0), dtype=np.int64)
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th best value
+    out = np.empty((len(scores), k), dtype=np.int64)
+    for row, (values, cut) in enumerate(zip(scores, kth[:, 0], strict=True)):
+        columns = np.flatnonzero(values >= cut)  # ties at the cut included, in column order
+        out[row] = columns[np.lexsort((columns, -values[columns]))[:k]]
+    return out
 
 
 def measure_latency(scorer: Scorer, history: np.ndarray, users: np.ndarray, calls: int) -> dict:

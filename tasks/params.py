@@ -266,6 +266,8 @@ class EvaluateParams:
     alpha: float = 0.05  # significance level of the paired test
     bootstrap_samples: int = 2000
     memory_budget_mb: int = 512  # score matrix per batch of users: sets the batch size
+    shard_users: int = 100_000  # test users per shard (the unit one process or worker scores)
+    parallel: str = "none"  # shards side by side: none (one process) | dask (train's cluster)
     guardrails: GuardrailParams = field(default_factory=GuardrailParams)
     segments: SegmentParams = field(default_factory=SegmentParams)
 
@@ -279,12 +281,44 @@ class EvaluateParams:
         names = model_names()
         for name in self.baselines:
             _check(name in names, source, f"{where}.baselines", "registered models", name)
-        for name in ("sampled_negatives", "bootstrap_samples", "memory_budget_mb"):
+        _check_choice(self.parallel, ("none", "dask"), f"{where}.parallel", source)
+        for name in ("sampled_negatives", "bootstrap_samples", "memory_budget_mb", "shard_users"):
             value = getattr(self, name)
             _check(value >= 1, source, f"{where}.{name}", ">= 1", value)
         _check(0 < self.alpha < 1, source, f"{where}.alpha", "in (0, 1)", self.alpha)
         self.guardrails.check(f"{where}.guardrails", source)
         self.segments.check(f"{where}.segments", source)
+
+
+@dataclass(frozen=True)
+class AnnParams:
+    """The HNSW index export builds for dot-product scorers (tasks/ann.py)."""
+
+    min_items: int = 100_000  # smaller catalogues are scored exactly, with no index
+    connectivity: int = 32  # HNSW M: links per node
+    expansion_add: int = 128  # efConstruction
+    expansion_search: int = 256  # ef at query time
+    pool: int = 200  # candidates per request, re-scored exactly (plus the items it excludes)
+    recall_queries: int = 500  # held-out users the recall@10 in the manifest is measured on
+    threads: int = 0  # index build threads; 0: every core
+
+    def check(self, where: str, source: str) -> None:
+        for name in ("min_items", "connectivity", "expansion_add", "expansion_search", "pool"):
+            value = getattr(self, name)
+            _check(value >= 1, source, f"{where}.{name}", ">= 1", value)
+        _check(self.pool >= 10, source, f"{where}.pool", ">= 10 (recall@10)", self.pool)
+        _check(
+            self.recall_queries >= 1, source, f"{where}.recall_queries", ">= 1", self.recall_queries
+        )
+        _check(self.threads >= 0, source, f"{where}.threads", ">= 0", self.threads)
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    ann: AnnParams = field(default_factory=AnnParams)
+
+    def check(self, where: str, source: str) -> None:
+        self.ann.check(f"{where}.ann", source)
 
 
 @dataclass(frozen=True)
@@ -295,16 +329,17 @@ class Params:
     features: FeaturesParams = field(default_factory=FeaturesParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    export: ExportParams = field(default_factory=ExportParams)
 
     def check(self, source: str) -> None:
         """Every section's ranges and consistency; the first problem is the error."""
         _check(0 <= self.seed <= MAX_SEED, source, "seed", f"in [0, {MAX_SEED}]", self.seed)
-        for name in ("ingest", "validate", "features", "train", "evaluate"):
+        for name in ("ingest", "validate", "features", "train", "evaluate", "export"):
             getattr(self, name).check(name, source)
 
 
 # The top-level keys every params file must have: seed, ingest, validate, features, train,
-# evaluate.
+# evaluate, export.
 SECTIONS = tuple(f.name for f in dataclasses.fields(Params))
 
 

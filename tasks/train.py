@@ -136,7 +136,10 @@ def _gpu(accelerator: str) -> bool:
 def _fit_closed_form(spec: ModelSpec, data, config, params: Params, out_dir: Path, identity):
     _reset_checkpoints(out_dir / "checkpoints", identity)  # nothing to resume but run.json
     start = time.perf_counter()
-    net = spec.fit(data, config, params.seed)
+    try:
+        net = spec.fit(data, config, params.seed)
+    except ValueError as exc:  # data the model cannot use (or too large for it)
+        raise RecsysError(f"model {spec.name}: {exc}") from exc
     seconds = time.perf_counter() - start
     return net, {"epochs": 0, "best_epoch": 0, "train_seconds": round(seconds, 3)}
 

@@ -269,7 +269,7 @@ def test_no_champion_means_not_ready_until_one_is_promoted(exported: dict, tmp_p
         assert client.get("/recommend/1").json()["model"] == "popularity"
         # popularity has no item embeddings: similar items are a clear 404
         r = client.get("/items/1/similar")
-        assert r.status_code == 404 and "no item embeddings" in r.json()["detail"]
+        assert r.status_code == 404 and "no item similarity" in r.json()["detail"]
 
 
 def test_hot_reload_under_concurrent_requests_drops_nothing(exported: dict, tmp_path: Path):
