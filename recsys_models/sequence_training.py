@@ -16,6 +16,8 @@ global RNG, and a negative equal to a position's own target never counts as a ne
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import numpy as np
 import torch
@@ -139,15 +141,29 @@ def gbce(
     targets: torch.Tensor,
     candidates: torch.Tensor,
     beta: float,
+    offset: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """-(beta log sigmoid(s+) + sum over negatives of log(1 - sigmoid(s-))) / (1 + k) per
     position, averaged: BCE in which the positive's probability is raised to the power beta.
-    Candidates equal to the row's target are not negatives of that row (they add nothing)."""
-    pos = (hidden * emb[targets]).sum(-1)
-    neg = hidden @ emb[candidates].T
+    Candidates equal to the row's target are not negatives of that row (they add nothing).
+    `offset` is added to every logit (see gbce_offset): one constant, so no ranking changes."""
+    pos = (hidden * emb[targets]).sum(-1) + offset
+    neg = hidden @ emb[candidates].T + offset
     neg_terms = F.logsigmoid(-neg) * negative_mask(targets, candidates)
     per_row = beta * F.logsigmoid(pos) + neg_terms.sum(-1)
     return -(per_row / (1 + len(candidates))).mean()
+
+
+def gbce_offset(n_negatives: int, beta: float) -> float:
+    """The constant logit that minimises gBCE when every item scores the same: sigmoid(b) =
+    beta / (beta + k), so b = log(beta / k).
+
+    Without it, a model whose scores are dot products (no item bias) first spends epochs
+    shifting every score down towards that level, and ranks nothing meanwhile: SASRec with 256
+    negatives on the synthetic data fell from validation NDCG@10 0.07 to 0.03 over 5 epochs as
+    its mean score fell by 0.65 per epoch. Starting a learned offset there skips that phase.
+    """
+    return math.log(beta / n_negatives)
 
 
 def training_windows(
@@ -232,6 +248,11 @@ class NextItemModule(RankingModule):
         if self.loss_name != "ce" and n_items < 2:
             raise ValueError(f"loss {self.loss_name!r} samples negatives: needs >= 2 items")
         self.generator = torch.Generator().manual_seed(seed)
+        if self.loss_name == "gbce":
+            # A learned constant added to every logit: not part of the model (it changes no
+            # ranking, so the saved weights and the exported graph do without it).
+            self.beta = gbce_beta(config.negatives, n_items, config.gbce_t)
+            self.offset = nn.Parameter(torch.tensor(gbce_offset(config.negatives, self.beta)))
 
     def loss(self, windows: torch.Tensor) -> torch.Tensor:
         inputs, targets = windows[:, 0], windows[:, 1]  # training_windows: 0 = no target
@@ -256,8 +277,7 @@ class NextItemModule(RankingModule):
             candidates, _ = sample_candidates(
                 targets, self.n_items, self.config.negatives, "uniform", self.generator
             )
-            beta = gbce_beta(self.config.negatives, self.n_items, self.config.gbce_t)
-            return gbce(hidden, emb, targets, candidates, beta)
+            return gbce(hidden, emb, targets, candidates, self.beta, self.offset)
         negatives = sample_other_items(targets, self.n_items, self.generator)  # bce
         pos = (hidden * emb[targets]).sum(-1)
         neg = (hidden * emb[negatives]).sum(-1)

@@ -164,11 +164,9 @@ def test_every_loss_falls(loss):
             optimiser.zero_grad()
             module.loss(batch).backward()
             optimiser.step()
-    assert epoch_loss() < 0.7 * first  # gBCE falls the least: 0.65 of its first epoch
+    assert epoch_loss() < 0.6 * first
     module.model.eval()
-    # calibrated gBCE (beta 0.35 here) weighs the positive down and learns this toy slower
-    floor = 0.85 if loss == "gbce" else 0.9
-    assert evaluate(module.model.score, eval_loader(data, "val"))["hr@10"] > floor
+    assert evaluate(module.model.score, eval_loader(data, "val"))["hr@10"] > 0.9
 
 
 def test_build_is_seeded_and_rejects_an_unknown_loss(synth_data):
