@@ -5,6 +5,7 @@ sequences (above popularity), determinism without the global RNG, and LiGR's ONN
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import lightning as L
 import numpy as np
@@ -249,3 +250,19 @@ def test_ligr_block_exports_to_onnx_with_parity(tmp_path):
         got = session.run(None, {"history": history})[0]
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.slow  # a child process that imports torch: 15 s of CPU, ~50 s wall under load
+def test_loss_benchmark_writes_both_rows(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "bench" / "bench_losses.py"), "--items", "300"]
+    cmd += ["--users", "40", "--negatives", "16", "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=root)
+    result = json.loads((tmp_path / "losses.json").read_text())
+    assert [r["loss"] for r in result["rows"]] == ["ce", "sampled"]
+    assert all(r["targets"] == 40 * 17 and r["epoch_s"] > 0 for r in result["rows"])
+    assert "Full softmax / sampled softmax" in (tmp_path / "losses.md").read_text()
