@@ -2,8 +2,9 @@
 the next item against the (shared) item embeddings.
 
 Trained exactly like SASRec (recsys_models.sequence_training): the same training windows,
-batches and full-softmax cross-entropy at every position (the loss that made GRU4Rec competitive
-again; Hidasi & Czapienko, 2023), so the two differ only in the sequence encoder.
+batches and losses (full-softmax cross-entropy at every position, the loss that made GRU4Rec
+competitive again, Hidasi & Czapienko, 2023; or the sampled ones on a large catalogue), so the
+two differ only in the sequence encoder.
 
 Padding-safe by construction: histories are left-padded with item 0, whose embedding is zero,
 and the GRU has no biases, so from the zero initial state a padded step leaves the state at
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
-from recsys_models.sequence_training import NextItemModule, WindowData
+from recsys_models.sequence_training import NextItemModule, WindowData, check_loss_fields
 from recsys_models.spec import GRADIENT, HISTORY_GRAPH, ModelSpec
 
 
@@ -29,7 +30,12 @@ class Config:
     hidden: int = 64
     layers: int = 1
     dropout: float = 0.2  # on the item embeddings and the GRU's output
-    loss: str = "ce"  # "ce": softmax over the catalogue; "bce": one sampled negative
+    # ce|bce|sampled|gbce|auto, and the fields below: as SASRec's (sequence_training)
+    loss: str = "auto"
+    negatives: int = 256
+    negative_sampler: str = "uniform"
+    gbce_t: float = 0.75
+    full_softmax_max_items: int = 10_000
     lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 128
@@ -41,6 +47,7 @@ class Config:
             raise ValueError("hidden, layers, batch_size and eval_batch_size must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
             raise ValueError("lr must be > 0, weight_decay >= 0, dropout in [0, 1)")
+        check_loss_fields(self)
 
 
 class GRU4Rec(nn.Module):
@@ -77,7 +84,7 @@ def build(data: FeatureData, config: Config, seed: int) -> tuple[NextItemModule,
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the same seed gives the same initial weights
         model = restore(data, config)
-    return NextItemModule(model, data.n_items, config), WindowData(data, config, seed)
+    return NextItemModule(model, data.n_items, config, seed), WindowData(data, config, seed)
 
 
 SPEC = ModelSpec(

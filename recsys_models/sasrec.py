@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
-from recsys_models.sequence_training import NextItemModule, WindowData
+from recsys_models.sequence_training import NextItemModule, WindowData, check_loss_fields
 from recsys_models.spec import GRADIENT, HISTORY_GRAPH, ModelSpec
+
+BLOCKS = ("transformer", "ligr")
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,16 @@ class Config:
     heads: int = 1
     ffn_mult: int = 1  # feed-forward width = ffn_mult * hidden; 1 as in the paper, cheap on CPU
     dropout: float = 0.3
-    loss: str = "ce"  # "ce": softmax over the catalogue; "bce": one sampled negative (the paper)
+    # "ce": softmax over the catalogue; "bce": one sampled negative (the paper); "sampled":
+    # softmax over `negatives` shared negatives, logQ-corrected; "gbce": gSASRec's calibrated BCE;
+    # "auto": "ce" up to full_softmax_max_items items, "sampled" above (sequence_training)
+    loss: str = "auto"
+    negatives: int = 256  # per batch, for "sampled" and "gbce"
+    negative_sampler: str = "uniform"  # "sampled" only: uniform|in_batch|mixed
+    gbce_t: float = 0.75  # gBCE calibration: 0 plain BCE, 1 fully calibrated
+    full_softmax_max_items: int = 10_000  # "auto": the largest catalogue trained with "ce"
+    # "transformer": pre-LN blocks; "ligr": eSASRec's LiGR layers (gated residuals, SwiGLU)
+    block: str = "transformer"
     lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 128
@@ -34,6 +45,11 @@ class Config:
     # Earlier items every training target reads at least (sequence_training.training_windows);
     # 0: disjoint windows
     min_context: int = 0
+
+    def __post_init__(self):
+        check_loss_fields(self)
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
 
 
 class _Block(nn.Module):
@@ -58,15 +74,50 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """x: [B, L, H]; allowed: bool [B, 1, L, L], True where query i may read key j."""
+        x = x + self.drop(self.attend(self.norm1(x), allowed))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+    def attend(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """Multi-head causal self-attention of the (normalised) x, projected back: [B, L, H]."""
         b, n, h = x.shape
-        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
         # [B, heads, L, H / heads]
         q, k, v = (t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         logits = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
         weights = self.drop(torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1))
-        attended = (weights @ v).transpose(1, 2).reshape(b, n, h)
-        x = x + self.drop(self.out(attended))
-        return x + self.drop(self.ffn(self.norm2(x)))
+        return self.out((weights @ v).transpose(1, 2).reshape(b, n, h))
+
+
+class _SwiGLU(nn.Module):
+    """Feed-forward w2(silu(w1 x) * w3 x) (Shazeer, 2020): the gated form LiGR layers use."""
+
+    def __init__(self, hidden: int, width: int, dropout: float):
+        super().__init__()
+        self.w1, self.w3 = nn.Linear(hidden, width), nn.Linear(hidden, width)
+        self.w2 = nn.Linear(width, hidden)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.drop(nn.functional.silu(self.w1(x)) * self.w3(x)))
+
+
+class _LiGRBlock(_Block):
+    """eSASRec's layer (LiGR, Govind et al., 2025): pre-norm, and each sub-layer's output is
+    scaled by a learned sigmoid gate of its normalised input before it joins the residual, so a
+    block can pass the residual through unchanged where it does not help; SwiGLU feed-forward.
+    The attention is _Block's (the same mask, so padding stays NaN-free)."""
+
+    def __init__(self, hidden: int, heads: int, ffn_mult: int, dropout: float):
+        super().__init__(hidden, heads, ffn_mult, dropout)
+        self.ffn = _SwiGLU(hidden, ffn_mult * hidden, dropout)
+        self.gate1, self.gate2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, H]; allowed: bool [B, 1, L, L], True where query i may read key j."""
+        normed = self.norm1(x)
+        x = x + self.drop(torch.sigmoid(self.gate1(normed)) * self.attend(normed, allowed))
+        normed = self.norm2(x)
+        return x + self.drop(torch.sigmoid(self.gate2(normed)) * self.ffn(normed))
 
 
 class SASRec(nn.Module):
@@ -79,13 +130,17 @@ class SASRec(nn.Module):
         heads: int = 1,
         ffn_mult: int = 1,
         dropout: float = 0.3,
+        block: str = "transformer",
     ):
         super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
         self.max_len = max_len
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(_Block(hidden, heads, ffn_mult, dropout) for _ in range(blocks))
+        kind = _LiGRBlock if block == "ligr" else _Block
+        self.blocks = nn.ModuleList(kind(hidden, heads, ffn_mult, dropout) for _ in range(blocks))
         self.norm = nn.LayerNorm(hidden)
         self.register_buffer(
             "causal", torch.ones(max_len, max_len, dtype=torch.bool).tril(), persistent=False
@@ -128,6 +183,7 @@ def restore(data: FeatureData, config: Config) -> SASRec:
         config.heads,
         config.ffn_mult,
         config.dropout,
+        config.block,
     )
 
 
@@ -136,7 +192,7 @@ def build(data: FeatureData, config: Config, seed: int) -> tuple[NextItemModule,
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the same seed gives the same initial weights
         model = restore(data, config)
-    return NextItemModule(model, data.n_items, config), WindowData(data, config, seed)
+    return NextItemModule(model, data.n_items, config, seed), WindowData(data, config, seed)
 
 
 SPEC = ModelSpec(

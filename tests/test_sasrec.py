@@ -146,9 +146,11 @@ def cycles(n_users: int, n_items: int, length: int) -> FeatureData:
 
 
 @pytest.mark.parametrize("loss", sequence_training.LOSSES)
-def test_both_losses_fall(loss):
+def test_every_loss_falls(loss):
     data = cycles(n_users=64, n_items=30, length=20)
-    config = sasrec.Config(hidden=32, dropout=0.1, loss=loss, batch_size=32, lr=3e-3)
+    # 4 negatives of 30 items: with 8 or more (256 is the default) the sampled BCE losses push
+    # most of this toy catalogue down at every step and gBCE stalls near HR@10 0.85 in 6 epochs
+    config = sasrec.Config(hidden=32, dropout=0.1, loss=loss, batch_size=32, lr=3e-3, negatives=4)
     module, datamodule = sasrec.build(data, config, seed=0)
     optimiser = module.configure_optimizers()
     torch.manual_seed(0)
