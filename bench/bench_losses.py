@@ -126,24 +126,43 @@ def main() -> None:
         "full_over_sampled": round(ratio, 1),
         "full_over_sampled_cpu": round(cpu_ratio, 1),
     }
-    lines = [
-        f"# One SASRec training epoch: full vs sampled softmax ({args.items:,} items)\n",
-        f"{args.users:,} users x {args.length} Zipf items, {args.negatives} negatives, "
-        f"{result['machine']}, {result['torch']}, load average "
-        f"{', '.join(f'{x:.1f}' for x in result['load_average'])}.\n",
+    text = markdown(result)
+    write_results(args.out, "losses", result, text)
+    print(text)
+
+
+def tables(result: dict) -> dict[str, str]:
+    """The markdown blocks of bench/results/losses.json, keyed by id (the .md and the README's
+    generated blocks come from this one function: bench/tables.py)."""
+    load = ", ".join(f"{x:.1f}" for x in result["load_average"])
+    setup = (
+        f"{result['users']:,} users x {result['items_per_user']} Zipf items, "
+        f"{result['negatives']} negatives, {result['machine']}, {result['torch']}, load average "
+        f"{load}."
+    )
+    epochs = [
         "| loss | epoch s (wall) | epoch s (CPU) | batches | targets | targets/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         *(
             f"| {r['loss']} | {r['epoch_s']} | {r['epoch_cpu_s']} | {r['batches']} | "
             f"{r['targets']:,} | {r['targets_per_s']:,} |"
-            for r in rows
+            for r in result["rows"]
         ),
-        f"\nFull softmax / sampled softmax epoch time: **{ratio:.1f}x** wall, "
-        f"**{cpu_ratio:.1f}x** CPU.\n",
-        "Command: `python bench/bench_losses.py` (defaults above).\n",
     ]
-    write_results(args.out, "losses", result, "\n".join(lines))
-    print("\n".join(lines))
+    ratio = (
+        f"Full softmax / sampled softmax epoch time: **{result['full_over_sampled']:.1f}x** "
+        f"wall, **{result['full_over_sampled_cpu']:.1f}x** CPU."
+    )
+    return {"setup": setup, "epochs": "\n".join(epochs), "ratio": ratio}
+
+
+def markdown(result: dict) -> str:
+    t = tables(result)
+    return (
+        f"# One SASRec training epoch: full vs sampled softmax ({result['items']:,} items)\n\n"
+        f"{t['setup']}\n\n{t['epochs']}\n\n{t['ratio']}\n\n"
+        "Command: `python bench/bench_losses.py` (defaults above).\n"
+    )
 
 
 if __name__ == "__main__":

@@ -130,29 +130,35 @@ def bench_served(folder: Path, queries: int) -> dict:
     }
 
 
-def markdown(r: dict) -> str:
+def tables(r: dict) -> dict[str, str]:
+    """The markdown blocks of bench/results/scale.json, keyed by id (the .md and the README's
+    generated blocks come from this one function: bench/tables.py)."""
     size = r["size"]
     ann, served = r["ann"] or {}, r["served"]
-    lines = [
+    setup = (
         f"Machine: {r['machine']}; 1-minute load average {r['load_avg_1m'][0]} before, "
         f"{r['load_avg_1m'][1]} after. Synthetic catalogue: {size['items']:,} items, "
-        f"{size['users']:,} users, {size['interactions']:,} interactions; model BPR-MF.",
-        "",
+        f"{size['users']:,} users, {size['interactions']:,} interactions; model BPR-MF."
+    )
+    stages = [
         "| stage | wall s | peak RSS GiB |",
         "| --- | ---: | ---: |",
         *(f"| {s['stage']} | {s['wall_s']} | {s['peak_rss_gib']} |" for s in r["stages"]),
-        "",
+    ]
+    index = (
         f"HNSW ({ann.get('library')}, M={ann.get('connectivity')}, ef={ann.get('expansion_search')}"
         f", pool {ann.get('pool')}): built in {ann.get('build_seconds')} s; recall@10 against "
         f"exact scoring {ann.get('recall@10')} (index alone {ann.get('index_recall@10')}) on "
         f"{ann.get('queries')} held-out users; with seen items removed "
-        f"{served['recall@10_seen_removed']} on {served['users']} users.",
-        "",
+        f"{served['recall@10_seen_removed']} on {served['users']} users."
+    )
+    latency = [
         "| in process, one request | p50 ms | p99 ms |",
         "| --- | ---: | ---: |",
         f"| ANN (pool re-scored, filtered) | {served['ann_p50_ms']} | {served['ann_p99_ms']} |",
         f"| exact (every item scored) | {served['exact_p50_ms']} | {served['exact_p99_ms']} |",
-        "",
+    ]
+    http = [
         "| HTTP concurrency | requests | errors | requests/s | p50 ms | p99 ms |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
         *(
@@ -161,7 +167,18 @@ def markdown(r: dict) -> str:
             for h in r["http"]
         ),
     ]
-    return "\n".join(lines) + "\n"
+    return {
+        "setup": setup,
+        "stages": "\n".join(stages),
+        "index": index,
+        "latency": "\n".join(latency),
+        "http": "\n".join(http),
+    }
+
+
+def markdown(r: dict) -> str:
+    t = tables(r)
+    return "\n\n".join(t[k] for k in ("setup", "stages", "index", "latency", "http")) + "\n"
 
 
 if __name__ == "__main__":
