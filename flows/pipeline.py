@@ -213,8 +213,9 @@ TRAIN_COLUMNS = ("ndcg@10", "hr@10", "mrr", "ndcg@20", "hr@20", "epochs", "train
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = ["# recsys pipeline: data summary", ""]
+    apart = ("train", "evaluate", "metrics", "report", "release", "incoming")
     for stage, figures in summary.items():
-        if stage in ("train", "evaluate", "report", "release", "incoming") or not figures:
+        if stage in apart or not figures:
             continue
         lines += [f"## {stage}", "", "| field | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in figures.items() if not isinstance(v, (dict, list))]
@@ -481,6 +482,7 @@ def recsys_pipeline(
         )
         evaluation = _evaluate(params)
         summary["evaluate"] = evaluation["decision"]
+        summary["metrics"] = evaluation["models"]
         summary["report"] = evaluation["report"]
         logger.info("evaluation report in %s", params.evaluate.out)
         summary["release"] = _release(params, evaluation["decision"], release)
