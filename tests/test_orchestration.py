@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,11 @@ import polars as pl
 import pytest
 import yaml
 
+from tests.browser import SCREENSHOTS, Browser
 from tests.conftest import api_call, prefect_env, start_prefect_server, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = ROOT / "reports" / "ui"
 POOL = "recsys-process"
 ARTIFACT_KEYS = (
     "data-summary",
@@ -251,118 +249,7 @@ def test_evaluate_only_and_validate_only_deployments_complete(stack: Stack):
     assert {"validation-result", "data-summary", "metrics-table", "decision"} <= keys
 
 
-# --- the browser ------------------------------------------------------------------------------
-
-
-class Browser:
-    """Headless Debian Chromium driven over the DevTools protocol (no extra Python package:
-    `websockets` comes with Prefect)."""
-
-    def __init__(self, profile: Path):
-        if not CHROMIUM.is_file():
-            pytest.fail(
-                f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y "
-                "chromium`, as .ci/run does) to run the Prefect UI test"
-            )
-        self.proc = subprocess.Popen(
-            [
-                str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--remote-debugging-port=0",
-                "--remote-allow-origins=*",
-                "--window-size=1400,1000",
-                f"--user-data-dir={profile}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.close()
-                pytest.fail("chromium did not open its DevTools port")
-            time.sleep(0.2)
-        port = port_file.read_text().split()[0]
-        pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json").read())
-        page = next(p for p in pages if p["type"] == "page")
-        from websockets.sync.client import connect
-
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
-        self.next_id = 0
-
-    def send(self, method: str, **params: Any) -> dict:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv(timeout=60))
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise AssertionError(f"{method}: {message['error']}")
-                return message["result"]
-
-    def js(self, expression: str) -> Any:
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result["result"].get("value")
-
-    def wait_js(self, expression: str, what: str, timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.5)
-        self.screenshot(SCREENSHOTS / "prefect-ui-failure.png")
-        raise AssertionError(f"the UI never showed {what} (screenshot: prefect-ui-failure.png)")
-
-    def click_text(self, selector: str, text: str) -> bool:
-        """Click, with real mouse events at its centre, the innermost visible element matching
-        `selector` whose text is exactly `text` (the UI's menus react to pointer events)."""
-        box = self.js(
-            f"""(() => {{
-              const found = [...document.querySelectorAll({json.dumps(selector)})]
-                .filter(e => e.innerText && e.innerText.trim() === {json.dumps(text)}
-                             && e.offsetParent !== null);
-              const el = found[found.length - 1];
-              if (!el) return null;
-              el.scrollIntoView({{block: "center"}});
-              const r = el.getBoundingClientRect();
-              return {{x: r.left + r.width / 2, y: r.top + r.height / 2}};
-            }})()"""
-        )
-        if not box:
-            return False
-        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.send(
-                "Input.dispatchMouseEvent",
-                type=kind,
-                x=box["x"],
-                y=box["y"],
-                button="left",
-                clickCount=1,
-            )
-        return True
-
-    def screenshot(self, path: Path) -> Path:
-        import base64
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = self.send("Page.captureScreenshot", format="png")["data"]
-        path.write_bytes(base64.b64decode(data))
-        return path
-
-    def close(self) -> None:
-        if getattr(self, "ws", None) is not None:
-            self.ws.close()
-        stop(self.proc)
+# --- the Prefect UI in a browser ------------------------------------------------------------------
 
 
 def test_quick_run_from_the_prefect_ui_in_chromium(stack: Stack, tmp_path: Path):
