@@ -228,9 +228,7 @@ def cmd_models(args: argparse.Namespace) -> None:
         kind = "closed-form" if spec.kind == CLOSED_FORM else "gradient"
         rows.append([name, kind, *trained, str(len(versions)), latest])
     header = ["model", "kind", *(f"{p} model" for p in PROTOCOLS), "versions", "latest / champion"]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print_table(header, rows)
     if not champion:
         print(f"no champion yet in {args.artifacts} (recsys promote MODEL VERSION)")
         return

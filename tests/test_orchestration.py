@@ -31,6 +31,7 @@ ARTIFACT_KEYS = (
     "validation-result",
     "metrics-table",
     "decision",
+    "decision-table",
     "model-version",
     "evaluation-report",
 )
@@ -160,9 +161,12 @@ def test_deployments_are_registered_with_a_form_and_a_weekly_retrain_schedule(st
     assert full["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
         "directory": str(stack.proj.resolve())
     }
-    form = full["parameter_openapi_schema"]["properties"]
-    assert {"params_path", "overrides", "incoming", "release"} <= set(form)
+    schema = full["parameter_openapi_schema"]
+    form = schema["properties"]
+    assert {"training", "data", "params_path", "overrides", "incoming", "release"} <= set(form)
     assert all(field.get("description") for field in form.values())  # the UI shows them
+    models = schema["definitions"]["Training"]["properties"]["models"]
+    assert models["type"] == "array" and "popularity" in models["items"]["enum"]
     retrain = stack.deployment("recsys-pipeline/retrain")
     assert retrain["parameters"]["incoming"] == "data/incoming"
     assert [s["schedule"]["cron"] for s in retrain["schedules"]] == ["0 3 * * 1"]
@@ -217,6 +221,8 @@ def test_two_full_runs_at_once_through_the_rest_api_complete_one_after_the_other
     for key in ARTIFACT_KEYS:
         found = artifacts_by_key(stack.api, key)
         assert {a["flow_run_id"] for a in found} == {one, two}, key
+    for key in ("metrics-table", "decision-table"):
+        assert {a["type"] for a in artifacts_by_key(stack.api, key)} == {"table"}, key
     validation = artifacts_by_key(stack.api, "validation-result")[0]["data"]
     assert "Validation: passed" in validation and "data_docs/index.html" in validation
 
