@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from dvclive import Live
 from dvclive.lightning import DVCLiveLogger
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.lightning_base import TrainClock
@@ -234,6 +234,31 @@ class EpochLines(lightning.Callback):
         print(", ".join(parts), file=self.stream or sys.stderr, flush=True)
 
 
+class LiveBar(RichProgressBar):
+    """Lightning's live bar for a terminal, with the time left to train.max_epochs at most
+    beside validation NDCG@10, and without the logger's version field (DVCLive's `_run`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.start, self.seconds, self.epochs = 0.0, 0.0, 0
+
+    def on_train_epoch_start(self, trainer: lightning.Trainer, pl_module: Any) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: lightning.Trainer, pl_module: Any) -> None:
+        self.seconds, self.epochs = self.seconds + time.perf_counter() - self.start, self.epochs + 1
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def get_metrics(self, trainer: lightning.Trainer, pl_module: Any) -> dict[str, Any]:
+        shown = super().get_metrics(trainer, pl_module)
+        shown.pop("v_num", None)
+        if self.epochs:
+            left = (trainer.max_epochs - trainer.current_epoch) * self.seconds / self.epochs
+            shown["left at most"] = _duration(left)
+        return shown
+
+
 def _duration(seconds: float) -> str:
     """12 s, 3 min 05 s, 1 h 02 min: a time left at the precision a person reads."""
     seconds = round(seconds)
@@ -280,7 +305,7 @@ def _trainer(
             TrainClock(),
             best_checkpoint,
             last_checkpoint,  # after best_checkpoint, so its state in last.ckpt is current
-            *([] if live_bar else [EpochLines(name)]),
+            LiveBar() if live_bar else EpochLines(name),
         ],
         logger=DVCLiveLogger(
             dir=str(out_dir / "dvclive"),
