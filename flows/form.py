@@ -2,9 +2,9 @@
 
 Prefect renders a flow's parameters from their JSON schema, so typed pydantic models give the
 form real fields: a choice of source, the column map of a csv/parquet log, the models of the
-registry as a multi-select, the protocols, epochs and patience. Every field left empty keeps
-params.yaml's value; a filled one becomes a dotted-key override (as `dvc exp run -S`), so
-params.yaml stays the one source of every default.
+registry as a multi-select, the protocols, epochs and patience. A field left at its default
+(empty, 0, or the choice "params.yaml") keeps params.yaml's value; a filled one becomes a
+dotted-key override (as `dvc exp run -S`), so params.yaml stays the one source of defaults.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from recsys_models.registry import model_names
 from tasks.ingest import SOURCES
 from tasks.params import PROTOCOLS, TIME_UNITS
 
+KEEP = "params.yaml"  # the choice that keeps params.yaml's value
 ModelName = Literal[model_names()]
-SourceName = Literal[SOURCES]
+SourceName = Literal[(KEEP, *SOURCES)]
 Protocol = Literal[PROTOCOLS]
-TimeUnit = Literal[TIME_UNITS]
+TimeUnit = Literal[(KEEP, *TIME_UNITS)]
 
 
 class Form(BaseModel):
@@ -32,33 +33,31 @@ class Form(BaseModel):
     KEYS: ClassVar[dict[str, str]] = {}
 
     def overrides(self) -> dict[str, Any]:
-        """The filled fields as dotted-key overrides (empty ones keep params.yaml's value)."""
+        """The filled fields as dotted-key overrides (the defaults keep params.yaml's)."""
         found = {key: getattr(self, name) for name, key in self.KEYS.items()}
-        return {key: value for key, value in found.items() if value not in (None, [], "")}
+        return {key: value for key, value in found.items() if value not in (None, [], "", 0, KEEP)}
 
 
 class DataSource(Form):
     """Where the interactions come from; empty fields: params.yaml `ingest`."""
 
-    source: SourceName | None = Field(
-        None,
+    source: SourceName = Field(
+        KEEP,
         title="Source",
         description="MovieLens layouts, csv or parquet with the column map below, or seq "
-        "(`user item` per line). Empty: params.yaml ingest.source.",
+        "(`user item` per line); params.yaml: its ingest.source.",
     )
-    path: str | None = Field(
-        None, title="Raw file or folder", description="Empty: params.yaml ingest.path."
+    path: str = Field("", title="Raw file or folder", description="Empty: params.yaml ingest.path.")
+    user_column: str = Field("", title="User column", description="csv/parquet; empty: params.yaml")
+    item_column: str = Field("", title="Item column", description="csv/parquet; empty: params.yaml")
+    time_column: str = Field("", title="Time column", description="csv/parquet; empty: params.yaml")
+    rating_column: str = Field(
+        "", title="Rating column", description="csv/parquet, optional; empty: params.yaml"
     )
-    user_column: str | None = Field(None, title="User column", description="csv/parquet only")
-    item_column: str | None = Field(None, title="Item column", description="csv/parquet only")
-    time_column: str | None = Field(None, title="Time column", description="csv/parquet only")
-    rating_column: str | None = Field(
-        None, title="Rating column", description="csv/parquet only; optional"
+    time_unit: TimeUnit = Field(
+        KEEP, title="Unit of integer timestamps", description="csv/parquet; s, ms, us or ns"
     )
-    time_unit: TimeUnit | None = Field(
-        None, title="Unit of integer timestamps", description="csv/parquet only"
-    )
-    sep: str | None = Field(None, title="CSV delimiter", description="csv only; empty: ,")
+    sep: str = Field("", title="CSV delimiter", description="csv only; empty: params.yaml")
 
     KEYS = {
         "source": "ingest.source",
@@ -87,15 +86,15 @@ class Training(Form):
         description="loo (leave-one-out by time, the primary one, always included) and "
         "temporal (a global time cut). Empty: params.yaml evaluate.protocols.",
     )
-    max_epochs: int | None = Field(
-        None, ge=1, title="Epochs (at most)", description="Empty: params.yaml train.max_epochs."
+    max_epochs: int = Field(
+        0, ge=0, title="Epochs (at most)", description="0: params.yaml train.max_epochs."
     )
-    patience: int | None = Field(
-        None,
-        ge=1,
+    patience: int = Field(
+        0,
+        ge=0,
         title="Patience",
         description="Epochs without a better validation NDCG@10 before training stops. "
-        "Empty: params.yaml train.patience.",
+        "0: params.yaml train.patience.",
     )
 
     KEYS = {

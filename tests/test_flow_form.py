@@ -29,15 +29,14 @@ def test_the_run_form_has_typed_fields():
     assert training["models"]["type"] == "array"
     assert training["models"]["items"]["enum"] == list(model_names())
     assert training["protocols"]["items"]["enum"] == list(PROTOCOLS)
-    for field in ("max_epochs", "patience"):
-        number = next(o for o in training[field]["anyOf"] if o.get("type") == "integer")
-        assert number["minimum"] == 1 and training[field]["title"]
+    for field in ("max_epochs", "patience"):  # a number box, 0 keeping params.yaml's
+        assert training[field]["type"] == "integer" and training[field]["minimum"] == 0
     data = schema["definitions"]["DataSource"]["properties"]
-    source = next(o for o in data["source"]["anyOf"] if "enum" in o)
-    assert source["enum"] == list(SOURCES)
-    unit = next(o for o in data["time_unit"]["anyOf"] if "enum" in o)
-    assert unit["enum"] == list(TIME_UNITS)
-    assert {"user_column", "item_column", "time_column", "rating_column", "sep"} <= set(data)
+    assert data["source"]["enum"] == ["params.yaml", *SOURCES]  # one drop-down, no free text
+    assert data["source"]["default"] == "params.yaml"
+    assert data["time_unit"]["enum"] == ["params.yaml", *TIME_UNITS]
+    for field in ("path", "user_column", "item_column", "time_column", "rating_column", "sep"):
+        assert data[field]["type"] == "string" and data[field]["default"] == ""
     assert all(field.get("description") for field in (*training.values(), *data.values()))
     # the validate-only deployment offers the same source choice
     assert "DataSource" in form(validate_only)["definitions"]
@@ -61,7 +60,7 @@ def test_filled_fields_become_params_overrides_and_empty_ones_keep_params_yaml(t
 
 @pytest.mark.parametrize(
     "bad",
-    [{"models": ["no-such-model"]}, {"max_epochs": 0}, {"protocols": ["random"]}, {"epochs": 3}],
+    [{"models": ["no-such-model"]}, {"max_epochs": -1}, {"protocols": ["random"]}, {"epochs": 3}],
 )
 def test_a_bad_form_value_is_refused(bad: dict):
     with pytest.raises(ValidationError):
