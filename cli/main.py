@@ -9,6 +9,7 @@ second.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -30,7 +31,7 @@ from tasks.io import file_sha256
 from tasks.model_store import model_dir
 from tasks.movielens import fetch_movielens
 from tasks.params import PROTOCOLS, TIME_UNITS, load_params
-from tasks.registry import list_versions, promote, read_champion
+from tasks.registry import CHAMPION, list_versions, promote, read_champion
 from tasks.synth import synthesize
 
 
@@ -42,15 +43,45 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def figure(value: Any) -> str:
+    """A value as printed: floats to 4 decimals (metrics are means over users: more digits
+    are noise), everything else as is."""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def print_summary(title: str, summary: dict[str, Any]) -> None:
     print(f"{title}:")
     for key, value in summary.items():
         if isinstance(value, dict):
             print(f"  {key}:")
             for k, v in value.items():
-                print(f"    {k}: {v}")
+                print(f"    {k}: {figure(v)}")
         else:
-            print(f"  {key}: {value}")
+            print(f"  {key}: {figure(value)}")
+
+
+def print_wrote(path: str | Path, shown: int = 6) -> None:
+    """The last line of every writing command: what it wrote and where, so the user need not
+    guess which folder to open ("wrote data/features/ (manifest.json, loo/, ...)")."""
+    path = Path(path)
+    if not path.is_dir():
+        print(f"wrote {path}")
+        return
+    names = sorted(
+        f"{p.name}/" if p.is_dir() else p.name for p in path.iterdir() if not p.name.startswith(".")
+    )
+    more = f", {len(names) - shown} more" if len(names) > shown else ""
+    print(f"wrote {path}/ ({', '.join(names[:shown])}{more})")
+
+
+def print_table(header: list[str], rows: list[list[Any]]) -> None:
+    """Columns padded to their widest cell; floats to 4 decimals."""
+    cells = [[figure(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 def print_decision(verdict: dict[str, Any]) -> None:
@@ -60,7 +91,8 @@ def print_decision(verdict: dict[str, Any]) -> None:
 
 def cmd_fetch(args: argparse.Namespace) -> None:
     path = fetch_movielens(args.dataset, Path(args.out), cache_dir=args.cache)
-    print(f"fetched {args.dataset} -> {path}")
+    print(f"fetched {args.dataset}")
+    print_wrote(path)
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -81,6 +113,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         sep=args.sep if args.sep is not None else p.sep,
     )
     print_summary("ingest", summary)
+    print_wrote(args.out or p.out)
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -92,6 +125,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     print_summary("synth", summary)
+    print_wrote(args.out)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -104,6 +138,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
         params=params.validate,
     )
     print_summary("validate", summary)
+    print_wrote(args.out or params.validate.out)
 
 
 def cmd_features(args: argparse.Namespace) -> None:
@@ -116,20 +151,23 @@ def cmd_features(args: argparse.Namespace) -> None:
         validation_dir=None if args.skip_validation_check else Path(params.validate.out),
     )
     print_summary("features", summary)
+    print_wrote(args.out or params.features.out)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from tasks.train import train
 
     params = load_params(args.params, _overrides(args))
+    out = Path(args.out or model_dir(params.train.out, args.model, args.protocol))
     metrics = train(
         model=args.model,
         features_dir=Path(args.features or params.features.out),
-        out_dir=Path(args.out or model_dir(params.train.out, args.model, args.protocol)),
+        out_dir=out,
         params=params,
         protocol=args.protocol,
     )
     print_summary(f"train {args.model} ({args.protocol} validation, full ranking)", metrics)
+    print_wrote(out)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -154,6 +192,7 @@ def cmd_export(args: argparse.Namespace) -> None:
             "latency": f"p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms (batch 1)",
         },
     )
+    print_wrote(Path(args.out) / args.model / manifest["version"])
     print(f"promote it with: recsys promote {args.model} {manifest['version']}")
 
 
@@ -164,6 +203,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
         current = file_sha256(features / "manifest.json")
     pointer = promote(Path(args.artifacts), args.model, args.version, args.reason, current)
     print_summary("champion", pointer)
+    print_wrote(Path(args.artifacts) / CHAMPION)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -189,11 +229,37 @@ def cmd_models(args: argparse.Namespace) -> None:
         kind = "closed-form" if spec.kind == CLOSED_FORM else "gradient"
         rows.append([name, kind, *trained, str(len(versions)), latest])
     header = ["model", "kind", *(f"{p} model" for p in PROTOCOLS), "versions", "latest / champion"]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print_table(header, rows)
     if not champion:
         print(f"no champion yet in {args.artifacts} (recsys promote MODEL VERSION)")
+        return
+    print_champion(Path(args.artifacts), champion, Path(params.evaluate.out) / "metrics.json")
+
+
+def print_champion(artifacts: Path, champion: dict[str, Any], metrics_file: Path) -> None:
+    """The champion with its figures: when and why it was promoted, its test figures from the
+    last evaluation (when that scored it), its export's parity and latency."""
+    name, version = champion["model"], champion["version"]
+    print(f"champion: {name}/{version}, promoted {champion.get('promoted_at', '?')}")
+    if champion.get("reason"):
+        print(f"  reason: {champion['reason']}")
+    try:  # evaluate scores the served champion under name@version
+        full = json.loads(metrics_file.read_text())["loo"][f"{name}@{version}"]
+        shown = ", ".join(
+            f"{key} {figure(float(full[key]))}" for key in ("ndcg@10", "hr@10", "mrr")
+        )
+        print(f"  test (loo, full ranking, as served): {shown} ({metrics_file})")
+    except (OSError, ValueError, KeyError, TypeError):
+        print(f"  test figures: not in {metrics_file} (recsys evaluate scores it)")
+    try:
+        manifest = json.loads((artifacts / name / version / "manifest.json").read_text())
+        latency, parity = manifest["latency"], manifest["parity"]
+        print(
+            f"  export: latency p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms (batch 1); "
+            f"parity max abs diff {parity['max_abs_diff']:.2g}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        print(f"  export: no readable manifest in {artifacts / name / version}")
 
 
 def _trained_state(folder: Path, features_sha: str, protocol: str) -> str:
@@ -210,14 +276,49 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from tasks.evaluate import evaluate
 
     params = load_params(args.params, _overrides(args))
+    out = Path(args.out or params.evaluate.out)
     summary = evaluate(
         features_dir=Path(args.features or params.features.out),
         models_dir=Path(args.models or params.train.out),
-        out_dir=Path(args.out or params.evaluate.out),
+        out_dir=out,
         params=params,
     )
-    print(summary["report"])
+    print_ranking(summary["models"], params.evaluate.primary_metric, summary["decision"])
     print_decision(summary["decision"]["verdict"])
+    print(f"report: {out / 'report.html'} (markdown beside it: report.md)")
+    print_wrote(out)
+
+
+def print_ranking(models: dict[str, dict[str, float]], metric: str, decision: dict) -> None:
+    """The models best first on the primary metric (leave-one-out test split, full ranking),
+    the champion marked: the few lines a user reads before opening the report."""
+    columns = list(dict.fromkeys([metric, "ndcg@10", "hr@10", "mrr"]))
+    ranked = sorted(models.items(), key=lambda item: -item[1].get(metric, 0.0))
+    champion = decision.get("champion")
+    rows = [
+        [rank, name + (" (champion)" if name == champion else "")]
+        + [values.get(column, float("nan")) for column in columns]
+        for rank, (name, values) in enumerate(ranked, 1)
+    ]
+    print(f"ranking by {metric} (leave-one-out test split, full ranking):")
+    print_table(["#", "model", *columns], rows)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """The service of deploy/ (FastAPI, onnxruntime), until interrupted."""
+    argv = ["--artifacts", args.artifacts, "--host", args.host, "--port", str(args.port)]
+    argv += ["--poll", str(args.poll), "--log-level", args.log_level]
+    print(
+        f"serving the champion of {args.artifacts} on http://{args.host}:{args.port} "
+        f"(API docs: /docs; Ctrl-C stops)",
+        flush=True,
+    )
+    # The service replaces this process (its signals, its exit status): importing FastAPI and
+    # uvicorn here would slow every other command's start.
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = f"{root}{os.pathsep}{path}" if path else root
+    os.execv(sys.executable, [sys.executable, "-m", "deploy.service", *argv])
 
 
 def cmd_flow_run(args: argparse.Namespace) -> None:
@@ -240,10 +341,11 @@ def cmd_flow_run(args: argparse.Namespace) -> None:
         return
     print(summary_markdown(summary))
     print("(published as the Prefect artifact `data-summary`)\n")
-    report = summary["report"]
-    print(report[report.index("## Champion") :])  # the comparison tables end the report
-    print_decision(summary["evaluate"]["verdict"])
-    print("(full report: reports/evaluation/report.html; Prefect artifact `evaluation-report`)")
+    decision = summary["evaluate"]
+    print_ranking(summary["metrics"], decision["primary"]["metric"], decision)
+    print_decision(decision["verdict"])
+    out = Path(load_params(args.params, overrides).evaluate.out)
+    print(f"report: {out / 'report.html'} (Prefect artifact `evaluation-report`)")
     champion = summary["release"]["champion"]
     if champion:
         done = "promoted now" if summary["release"]["promoted"] else "unchanged"
@@ -430,9 +532,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: params.yaml evaluate.out)")
     _add_params(p)
 
+    p = add(
+        "serve",
+        cmd_serve,
+        "Serve the champion of the artifacts folder over HTTP (deploy/service.py): "
+        "recommendations, similar items, health, metrics; it reloads a newly promoted champion.",
+    )
+    p.add_argument("--artifacts", default="artifacts", help="artifacts folder (default: artifacts)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between champion checks")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
     flow = sub.add_parser("flow", help="Run the Prefect flow.", description="Prefect flows.")
     flow_sub = flow.add_subparsers(dest="flow_command", required=True, metavar="FLOW_COMMAND")
-    p = flow_sub.add_parser("run", help="Run recsys_pipeline: ingest -> validate -> features.")
+    p = flow_sub.add_parser(
+        "run",
+        help="Run the recsys-pipeline flow: ingest -> validate -> features -> train -> "
+        "evaluate -> export and promote as the decision says.",
+    )
     _add_debug(p)
     p.add_argument("--no-fetch", action="store_true", help="do not fetch MovieLens raw files")
     p.add_argument(

@@ -11,6 +11,8 @@ Endpoints (ids are the ORIGINAL ids of the data, as in the raw files):
 Above export.ann.min_items items, dot-product models answer through an HNSW index: a candidate
 pool re-scored exactly and filtered (tasks/artifact_store.py, tasks/ann.py).
 - GET  /healthz (the process is up), /readyz (a model is loaded), /metrics (Prometheus)
+- GET  /docs (Swagger UI), /redoc: the API pages, their assets served by this process
+Every answer names the scale of its scores (`score_scale`, deploy/schemas.py); fallbacks say so.
 Items the user has already seen (or sent) are never recommended.
 
 Hot reload: a thread reads champion.json every --poll seconds; when it names another version,
@@ -39,6 +41,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,7 +50,8 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -60,6 +64,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from deploy import schemas
 from tasks.artifact_store import Recommendation, ServedModel, VerificationError
 from tasks.errors import RecsysError
 from tasks.registry import champion_folder, list_versions, read_champion
@@ -281,9 +286,9 @@ class RecommendBody(BaseModel):
     model_config = ConfigDict(strict=True)
 
     items: list[str | int] = Field(description="the user's items, original ids, oldest first")
-    k: int = Field(10, ge=1, le=MAX_K)
-    include_genres: list[str] | None = None
-    exclude_genres: list[str] | None = None
+    k: int = Field(10, ge=1, le=MAX_K, description="how many items")
+    include_genres: list[str] | None = Field(None, description="only items of these genres")
+    exclude_genres: list[str] | None = Field(None, description="no item of these genres")
 
 
 class BodyLimit:
@@ -400,7 +405,16 @@ def create_app(
         yield
         champion.stop()
 
-    app = FastAPI(title="recsys", lifespan=lifespan)
+    # /docs and /redoc from assets installed with fastapi-offline, served by this process: the
+    # pages work on a closed network (FastAPI's own pages load them from a CDN).
+    app = FastAPIOffline(
+        title="recsys",
+        description=schemas.DESCRIPTION,
+        version=_version(),
+        openapi_tags=schemas.TAGS,
+        lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
+    )
     app.state.champion = champion
     # added before `count`, so it runs inside it: the 413s are counted too
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
@@ -442,6 +456,7 @@ def create_app(
         if rec.fallback:
             metrics.fallbacks.labels(reason=rec.reason or "").inc()
         body = {"model": model.name, "version": model.version, **extra, "fallback": rec.fallback}
+        body["score_scale"] = "popularity" if rec.fallback else "model"
         if rec.reason:
             body["reason"] = rec.reason
         return body | {"items": rec.items}
@@ -450,13 +465,23 @@ def create_app(
         items = model.top_k(model.popularity, k, exclude, *genres)
         return Recommendation(items, fallback=True, reason=reason)
 
-    @app.get("/recommend/{user_id}")
+    @app.get(
+        "/recommend/{user_id}",
+        tags=["recommend"],
+        summary="Recommend items to a known user",
+        response_model=schemas.Recommendations,
+        response_model_exclude_none=True,
+        responses=schemas.problems(400, 503),
+    )
     def recommend_user(
         user_id: str,
         k: K = 10,
         include_genres: Genres = None,
         exclude_genres: Genres = None,
     ) -> dict[str, Any]:
+        """The user's training history (original user id) drives the champion; the k best
+        unseen items that pass the genre filters. An unknown user gets the popular items
+        (`fallback: true`, reason `unknown user`)."""
         model = serving()
         genres = filters(model, include_genres, exclude_genres)
         user_idx = model.user_index.get(user_id)
@@ -467,8 +492,18 @@ def create_app(
             rec = Recommendation(model.recommend(history, user_idx, k, seen, *genres), False)
         return answer(model, rec, user_id=user_id)
 
-    @app.post("/recommend")
+    @app.post(
+        "/recommend",
+        tags=["recommend"],
+        summary="Recommend items for a history sent in the request",
+        response_model=schemas.Recommendations,
+        response_model_exclude_none=True,
+        responses=schemas.problems(400, 413, 503),
+    )
     def recommend_items(body: RecommendBody) -> dict[str, Any]:
+        """A session or an anonymous user: the items sent (oldest first) are the history.
+        An empty history, or a model that scores only the users it was trained on, gets the
+        popular items (`fallback: true` with the reason)."""
         model = serving()
         if len(body.items) > max_history:
             raise HTTPException(
@@ -490,8 +525,17 @@ def create_app(
             rec = Recommendation(items, fallback=False)
         return answer(model, rec)
 
-    @app.get("/items/{item_id}/similar")
+    @app.get(
+        "/items/{item_id}/similar",
+        tags=["recommend"],
+        summary="Items similar to an item",
+        response_model=schemas.SimilarItems,
+        responses=schemas.problems(404, 503),
+    )
     def similar(item_id: str, k: K = 10) -> dict[str, Any]:
+        """The k items nearest to the item (original id), the item itself excluded: item-kNN
+        by its neighbour lists, models with item vectors by cosine, other history models by
+        their scores for that item alone; a 404 for models with no notion of it."""
         model = serving()
         if model.similar_by is None:
             raise HTTPException(
@@ -503,14 +547,26 @@ def create_app(
         if idx is None:
             raise HTTPException(404, f"unknown item id {item_id!r}")
         items = model.similar(idx, k)
-        return {"model": model.name, "version": model.version, "item_id": item_id, "items": items}
+        body = {"model": model.name, "version": model.version, "item_id": item_id}
+        return body | {"score_scale": "cosine", "items": items}
 
-    @app.get("/healthz")
+    @app.get("/healthz", tags=["operations"], summary="Liveness", response_model=schemas.Health)
     def healthz() -> dict[str, str]:
+        """200 while the process answers, model or not (a liveness probe)."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Readiness: which model is served",
+        response_model=schemas.Readiness,
+        response_model_exclude_none=True,
+        responses={503: {"model": schemas.Readiness, "description": "no model loaded yet"}},
+    )
     def readyz(response: Response) -> dict[str, Any]:
+        """200 with the served model, version and catalogue once a model is loaded; 503
+        before (a readiness probe). `fallback: true`: the promoted champion was refused and the
+        newest version that verifies is served until a champion loads."""
         model = champion.current
         fallback_from = champion.fallback_from
         if model is None:
@@ -521,11 +577,27 @@ def create_app(
             body["refused_champion"] = fallback_from
         return body
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "text format"}},
+    )
     def prometheus() -> Response:
+        """Requests by endpoint and status, latency histograms, fallbacks by reason, the
+        served model and version (Prometheus text format)."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _version() -> str:
+    """The installed project's version, shown on the API pages."""
+    try:
+        return metadata.version("recsys-platform")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _split(values: list[str] | None) -> list[str]:

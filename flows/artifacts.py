@@ -10,12 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 DATA_SUMMARY = "data-summary"
 VALIDATION = "validation-result"
-METRICS = "metrics-table"
+METRICS = "metrics-table"  # a table artifact
 DECISION = "decision"
+DECISION_TABLE = "decision-table"  # a table artifact: the decision's evidence, best first
 MODEL_VERSION = "model-version"
 EVALUATION_REPORT = "evaluation-report"
 INCOMING = "incoming-data"
@@ -25,6 +26,11 @@ METRIC_COLUMNS = ("ndcg@10", "hr@10", "mrr", "ndcg@20", "hr@20", "auc")
 
 def publish(key: str, markdown: str, description: str) -> None:
     create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+
+def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:
+    """A table artifact: the UI shows it as a sortable table, not as text."""
+    create_table_artifact(table=rows, key=key, description=description)
 
 
 def _cell(value: Any) -> str:
@@ -84,19 +90,57 @@ def validation_markdown(summary_file: str | Path) -> str:
     return "\n".join(lines)
 
 
-def metrics_markdown(models: dict[str, dict[str, Any]], primary: str) -> str:
-    """Every model's leave-one-out full-ranking metrics, best primary metric first."""
+def metrics_rows(models: dict[str, dict[str, Any]], primary: str) -> list[dict[str, Any]]:
+    """Every model's leave-one-out full-ranking metrics (4 decimals), best primary metric
+    first, with its rank."""
     order = sorted(models, key=lambda name: -float(models[name].get(primary, 0.0)))
-    lines = [
-        f"# Metrics (leave-one-out, full ranking; sorted by {primary})",
-        "",
-        "| model | " + " | ".join(METRIC_COLUMNS) + " |",
-        "| --- |" + " --- |" * len(METRIC_COLUMNS),
+    return [
+        {"rank": rank, "model": name}
+        | {key: _figure(models[name].get(key)) for key in dict.fromkeys([primary, *METRIC_COLUMNS])}
+        for rank, name in enumerate(order, 1)
     ]
-    for name in order:
-        cells = [_cell(models[name].get(key, "")) for key in METRIC_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+
+def decision_rows(decision: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each challenger against the champion, the largest improvement first: the paired mean
+    difference with its intervals, the tests, the guardrails and whether it could be promoted.
+    """
+    verdict = decision["verdict"]
+    evidence = sorted(
+        decision.get("evidence") or [], key=lambda e: -float(e.get("mean_diff") or 0.0)
+    )
+    rows = []
+    for e in evidence:
+        rows.append(
+            {
+                "challenger": e["challenger"],
+                "champion": decision["champion"],
+                f"mean diff ({decision['primary']['metric']})": _figure(e.get("mean_diff")),
+                "95% CI": _interval(e.get("ci95")),
+                "decision CI": _interval(e.get("decision_interval")),
+                "p (Wilcoxon)": _p(e.get("p_wilcoxon")),
+                "p (Holm)": _p(e.get("p_holm")),
+                "guardrails": ", ".join(e.get("guardrails_breached") or []) or "ok",
+                "eligible": "yes" if e.get("eligible") else "no",
+                "promoted": "yes"
+                if verdict["promote"] and verdict["model"] == e["challenger"]
+                else "no",
+            }
+        )
+    if not rows:  # one model evaluated: nothing to compare, the table says so
+        rows.append({"challenger": "none (one model evaluated)", "champion": decision["champion"]})
+    return rows
+
+
+def _interval(pair: Any) -> str:
+    """[low, high] to 4 decimals; "-" where none was computed."""
+    if not pair or len(pair) != 2:
+        return "-"
+    return f"[{float(pair[0]):.4f}, {float(pair[1]):.4f}]"
+
+
+def _figure(value: Any) -> Any:
+    return round(float(value), 4) if isinstance(value, (int, float)) else value
 
 
 def decision_markdown(decision: dict[str, Any], plan: dict[str, Any] | None) -> str:

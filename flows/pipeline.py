@@ -15,14 +15,14 @@ flow holds the project's pipeline lock (flows/locking.py) for its whole stage ch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 
 from flows import artifacts
 from flows.caching import NO_PERSIST, cached_stage, run_stage
+from flows.form import DataSource, Training
 from flows.locking import pipeline_lock
-from recsys_models.registry import model_names
 from tasks.errors import RecsysError, ValidationFailed
 from tasks.feature_store import manifest_sha256
 from tasks.features import build_features
@@ -41,9 +41,6 @@ from tasks.registry import CHAMPION, promote, read_champion
 from tasks.release import release_plan
 
 SUMMARY_FILE = "summary.json"  # tasks/validate.py's, without importing Great Expectations
-
-# The registry's models, so the Prefect run form offers them as choices.
-ModelName = Literal[model_names()]
 
 
 def _transient(task_, task_run, state) -> bool:
@@ -223,8 +220,9 @@ TRAIN_COLUMNS = ("ndcg@10", "hr@10", "mrr", "ndcg@20", "hr@20", "epochs", "train
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = ["# recsys pipeline: data summary", ""]
+    apart = ("train", "evaluate", "metrics", "report", "release", "incoming")
     for stage, figures in summary.items():
-        if stage in ("train", "evaluate", "report", "release", "incoming") or not figures:
+        if stage in apart or not figures:
             continue
         lines += [f"## {stage}", "", "| field | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in figures.items() if not isinstance(v, (dict, list))]
@@ -338,10 +336,10 @@ def _evaluate(params: Params, only: tuple[str, ...] | None = None) -> dict[str, 
         evaluation["report"],
         "Every model under both protocols, champion vs challenger, the decision",
     )
-    artifacts.publish(
+    artifacts.publish_table(
         artifacts.METRICS,
-        artifacts.metrics_markdown(evaluation["models"], params.evaluate.primary_metric),
-        "Leave-one-out full-ranking metrics of every evaluated model",
+        artifacts.metrics_rows(evaluation["models"], params.evaluate.primary_metric),
+        "Leave-one-out full-ranking metrics (test split) of every evaluated model, best first",
     )
     return evaluation
 
@@ -355,6 +353,11 @@ def _release(params: Params, decision: dict[str, Any], release: bool) -> dict[st
         artifacts.DECISION,
         artifacts.decision_markdown(decision, plan),
         "Champion vs challenger: the verdict, its evidence, and what this run did with it",
+    )
+    artifacts.publish_table(
+        artifacts.DECISION_TABLE,
+        artifacts.decision_rows(decision),
+        "Each challenger against the champion (paired per-user differences), best first",
     )
     exported, promoted = None, False
     if plan and plan["model"]:
@@ -432,44 +435,58 @@ def train_models(params: Any) -> dict[str, dict[str, Any]]:
         pending.append((model, protocol, out, first))
     for model, protocol, out, first in pending:
         results[protocol][model] = first.result() if parallel else first
-        logger.info("%s (%s) trained into %s", model, protocol, out)
+        logger.info(trained_line(model, protocol, out, results[protocol][model]))
     return results
+
+
+def trained_line(model: str, protocol: str, out: str, metrics: dict[str, Any]) -> str:
+    """One log line per trained model: its validation figures, epochs, time and folder."""
+    figures = ", ".join(
+        f"{key.upper() if key == 'mrr' else key.replace('ndcg', 'NDCG').replace('hr', 'HR')} "
+        f"{metrics[key]:.4f}"
+        for key in ("ndcg@10", "hr@10", "mrr")
+        if isinstance(metrics.get(key), float)
+    )
+    epochs = metrics.get("epochs")
+    trained = f"{epochs} epochs (best {metrics.get('best_epoch')})" if epochs else "closed form"
+    seconds = metrics.get("train_seconds")
+    took = f", {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+    return f"{model} ({protocol}): validation {figures}; {trained}{took}; wrote {out}"
 
 
 @flow(name="recsys-pipeline", log_prints=True, persist_result=False)
 def recsys_pipeline(
-    params_path: str = "params.yaml",
-    source: str | None = None,
-    raw_path: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    models: list[ModelName] | None = None,
+    training: Training = Training(),  # noqa: B008 - a frozen form default, never mutated
+    data: DataSource = DataSource(),  # noqa: B008
+    release: bool = True,
     fetch: bool = True,
     incoming: str | None = None,
-    release: bool = True,
+    overrides: dict[str, Any] | None = None,
+    params_path: str = "params.yaml",
     lock_timeout_s: float = 6 * 3600,
 ) -> dict[str, Any]:
     """The whole pipeline: ingest, validate, features, train, evaluate, export, promote.
 
     Args:
-        params_path: the parameters file (params.yaml), the one source of every tunable value.
-        source: ingest source name; default params.yaml `ingest.source`.
-        raw_path: raw file or folder; default params.yaml `ingest.path`.
-        overrides: dotted-key parameter overrides, as with `dvc exp run -S`,
-            e.g. {"features.max_seq_len": 100}.
-        models: the models to train; default params.yaml `train.models`.
+        training: the models to train (the registry's names), the protocols, epochs and
+            patience; empty fields keep params.yaml's values.
+        data: the source (a choice), its raw path and, for csv/parquet, its column map;
+            empty fields keep params.yaml `ingest`.
+        release: export and promote as the decision says (promote only on a positive
+            decision, or the evaluation's champion when nothing was promoted yet).
         fetch: download the MovieLens raw files first when they are missing.
         incoming: retrain mode: a folder of newly arrived *.parquet/*.csv interaction files to
             append to the raw data (csv/parquet sources) once they pass validation (drift
             included). With no file waiting, nothing is retrained. Empty: a full run.
-        release: export and promote as the decision says (promote only on a positive
-            decision, or the evaluation's champion when nothing was promoted yet).
+        overrides: any other parameter, as dotted keys (as `dvc exp run -S`), e.g.
+            {"features.max_seq_len": 100}; the form's fields win over these.
+        params_path: the parameters file (params.yaml), the one source of every default.
         lock_timeout_s: how long to wait for another run of this project to finish.
     """
     logger = get_run_logger()
-    chosen = {"train.models": list(models)} if models else {}
-    params = load_params(params_path, (overrides or {}) | chosen)
-    source = source or params.ingest.source
-    raw = raw_path or params.ingest.path
+    chosen = (overrides or {}) | data.overrides() | training.overrides()
+    params = load_params(params_path, chosen)
+    source, raw = params.ingest.source, params.ingest.path
     incoming = incoming or None  # an emptied form field is a full run, never the project root
     summary: dict[str, Any] = {}
     with pipeline_lock(None, lock_timeout_s, _holder(), logger.info):
@@ -500,6 +517,7 @@ def recsys_pipeline(
         )
         evaluation = _evaluate(params, params.train.models)
         summary["evaluate"] = evaluation["decision"]
+        summary["metrics"] = evaluation["models"]
         summary["report"] = evaluation["report"]
         logger.info("evaluation report in %s", params.evaluate.out)
         summary["release"] = _release(params, evaluation["decision"], release)
@@ -508,26 +526,24 @@ def recsys_pipeline(
 
 @flow(name="validate-only", log_prints=True, persist_result=False)
 def validate_only(
-    params_path: str = "params.yaml",
-    source: str | None = None,
-    raw_path: str | None = None,
-    overrides: dict[str, Any] | None = None,
+    data: DataSource = DataSource(),  # noqa: B008 - a frozen form default, never mutated
     fetch: bool = True,
+    overrides: dict[str, Any] | None = None,
+    params_path: str = "params.yaml",
     lock_timeout_s: float = 6 * 3600,
 ) -> dict[str, Any]:
     """Ingest the raw data and validate it (Great Expectations, drift included); nothing else.
 
     Args:
-        params_path: the parameters file (params.yaml).
-        source: ingest source name; default params.yaml `ingest.source`.
-        raw_path: raw file or folder; default params.yaml `ingest.path`.
-        overrides: dotted-key parameter overrides, e.g. {"validate.drift.max_row_change": 0.8}.
+        data: the source (a choice), its raw path and, for csv/parquet, its column map;
+            empty fields keep params.yaml `ingest`.
         fetch: download the MovieLens raw files first when they are missing.
+        overrides: dotted-key parameter overrides, e.g. {"validate.drift.max_row_change": 0.8}.
+        params_path: the parameters file (params.yaml).
         lock_timeout_s: how long to wait for another run of this project to finish.
     """
-    params = load_params(params_path, overrides)
-    source = source or params.ingest.source
-    raw = raw_path or params.ingest.path
+    params = load_params(params_path, (overrides or {}) | data.overrides())
+    source, raw = params.ingest.source, params.ingest.path
     summary: dict[str, Any] = {}
     with pipeline_lock(None, lock_timeout_s, _holder(), get_run_logger().info):
         if fetch and source.startswith("movielens") and not Path(raw).exists():

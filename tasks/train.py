@@ -10,12 +10,16 @@ train.max_epochs continues training); anything else starts the folder afresh.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
+import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ import torch
 import torch.distributed as dist
 from dvclive import Live
 from dvclive.lightning import DVCLiveLogger
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.lightning_base import TrainClock
@@ -157,9 +161,9 @@ def _fit_gradient(spec: ModelSpec, data, config, params: Params, out_dir: Path, 
         lit, datamodule = spec.build(data, config, params.seed)
     except ValueError as exc:  # data the model cannot use
         raise RecsysError(f"model {spec.name}: {exc}") from exc
-    trainer, best_checkpoint = _trainer(params, out_dir, resume=last is not None)
-    if last is None or not _finished(last, params.train):
-        with warnings.catch_warnings():
+    with quiet_lightning():
+        trainer, best_checkpoint = _trainer(params, out_dir, spec.name, resume=last is not None)
+        if last is None or not _finished(last, params.train):
             # run.json is always there, and on a resume so are the checkpoints: expected.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* not empty")
             trainer.fit(lit, datamodule=datamodule, ckpt_path=last, weights_only=True)
@@ -180,9 +184,101 @@ def _fit_gradient(spec: ModelSpec, data, config, params: Params, out_dir: Path, 
     } | ({"data_parallel": parallel} if parallel else {})
 
 
-def _trainer(params: Params, out_dir: Path, resume: bool) -> tuple[lightning.Trainer, Any]:
-    """The Lightning Trainer of every gradient model, and its best-checkpoint callback."""
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's informational lines (GPU/TPU availability, tips advertising its cloud
+    products, "`Trainer.fit` stopped") and third-party deprecation warnings hidden while a model
+    trains: they say nothing a user of this project can act on and bury the epoch lines.
+    Lightning's own warnings about the run (PossibleUserWarning and others) still show."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+                warnings.filterwarnings("ignore", category=category)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+class EpochLines(lightning.Callback):
+    """One line per epoch for logs (stderr is not a terminal, where a live bar would only show
+    its final state): the epoch, the training loss, validation NDCG@10 and the best so far, the
+    epoch's time and the time left at most (to train.max_epochs; early stopping may end sooner).
+    """
+
+    def __init__(self, name: str, stream: Any = None):
+        self.name, self.stream = name, stream
+        self.start, self.seconds, self.epochs = 0.0, 0.0, 0
+        self.best: float | None = None
+
+    def on_train_epoch_start(self, trainer: lightning.Trainer, pl_module: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: lightning.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.global_rank != 0:
+            return
+        took = time.perf_counter() - self.start
+        self.seconds, self.epochs = self.seconds + took, self.epochs + 1
+        epoch, total = trainer.current_epoch + 1, trainer.max_epochs
+        found = trainer.callback_metrics
+        parts = [f"{self.name} epoch {epoch}/{total}"]
+        if "train_loss" in found:
+            parts.append(f"train loss {float(found['train_loss']):.4f}")
+        if MONITOR in found:
+            value = float(found[MONITOR])
+            self.best = value if self.best is None else max(self.best, value)
+            parts.append(f"val NDCG@10 {value:.4f} (best {self.best:.4f})")
+        left = (total - epoch) * self.seconds / self.epochs
+        parts.append(f"{took:.1f} s/epoch, at most {_duration(left)} left")
+        print(", ".join(parts), file=self.stream or sys.stderr, flush=True)
+
+
+class LiveBar(RichProgressBar):
+    """Lightning's live bar for a terminal, with the time left to train.max_epochs at most
+    beside validation NDCG@10, and without the logger's version field (DVCLive's `_run`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.start, self.seconds, self.epochs = 0.0, 0.0, 0
+
+    def on_train_epoch_start(self, trainer: lightning.Trainer, pl_module: Any) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: lightning.Trainer, pl_module: Any) -> None:
+        self.seconds, self.epochs = self.seconds + time.perf_counter() - self.start, self.epochs + 1
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def get_metrics(self, trainer: lightning.Trainer, pl_module: Any) -> dict[str, Any]:
+        shown = super().get_metrics(trainer, pl_module)
+        shown.pop("v_num", None)
+        if self.epochs:
+            left = (trainer.max_epochs - trainer.current_epoch) * self.seconds / self.epochs
+            shown["left at most"] = _duration(left)
+        return shown
+
+
+def _duration(seconds: float) -> str:
+    """12 s, 3 min 05 s, 1 h 02 min: a time left at the precision a person reads."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _trainer(
+    params: Params, out_dir: Path, name: str, resume: bool
+) -> tuple[lightning.Trainer, Any]:
+    """The Lightning Trainer of every gradient model, and its best-checkpoint callback: a live
+    progress bar on a terminal, one line per epoch (EpochLines) in a log."""
     t = params.train
+    live_bar = sys.stderr.isatty()
     ckpt_dir = out_dir / "checkpoints"
     best_checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -212,6 +308,7 @@ def _trainer(params: Params, out_dir: Path, resume: bool) -> tuple[lightning.Tra
             TrainClock(),
             best_checkpoint,
             last_checkpoint,  # after best_checkpoint, so its state in last.ckpt is current
+            LiveBar() if live_bar else EpochLines(name),
         ],
         logger=DVCLiveLogger(
             dir=str(out_dir / "dvclive"),
@@ -219,7 +316,7 @@ def _trainer(params: Params, out_dir: Path, resume: bool) -> tuple[lightning.Tra
             save_dvc_exp=False,  # never touch git: the lead commits, DVC tracks the outputs
             dvcyaml=False,  # the stage's plots are declared in the project's dvc.yaml
         ),
-        enable_progress_bar=True,
+        enable_progress_bar=live_bar,
         enable_model_summary=False,
         log_every_n_steps=1,
         default_root_dir=str(out_dir),

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,18 @@ import polars as pl
 import pytest
 import yaml
 
+from tests.browser import SCREENSHOTS, Browser
 from tests.conftest import api_call, prefect_env, start_prefect_server, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = ROOT / "reports" / "ui"
 POOL = "recsys-process"
 ARTIFACT_KEYS = (
     "data-summary",
     "validation-result",
     "metrics-table",
     "decision",
+    "decision-table",
     "model-version",
     "evaluation-report",
 )
@@ -162,9 +161,12 @@ def test_deployments_are_registered_with_a_form_and_a_weekly_retrain_schedule(st
     assert full["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
         "directory": str(stack.proj.resolve())
     }
-    form = full["parameter_openapi_schema"]["properties"]
-    assert {"params_path", "overrides", "incoming", "release"} <= set(form)
+    schema = full["parameter_openapi_schema"]
+    form = schema["properties"]
+    assert {"training", "data", "params_path", "overrides", "incoming", "release"} <= set(form)
     assert all(field.get("description") for field in form.values())  # the UI shows them
+    models = schema["definitions"]["Training"]["properties"]["models"]
+    assert models["type"] == "array" and "popularity" in models["items"]["enum"]
     retrain = stack.deployment("recsys-pipeline/retrain")
     assert retrain["parameters"]["incoming"] == "data/incoming"
     assert [s["schedule"]["cron"] for s in retrain["schedules"]] == ["0 3 * * 1"]
@@ -219,6 +221,8 @@ def test_two_full_runs_at_once_through_the_rest_api_complete_one_after_the_other
     for key in ARTIFACT_KEYS:
         found = artifacts_by_key(stack.api, key)
         assert {a["flow_run_id"] for a in found} == {one, two}, key
+    for key in ("metrics-table", "decision-table"):
+        assert {a["type"] for a in artifacts_by_key(stack.api, key)} == {"table"}, key
     validation = artifacts_by_key(stack.api, "validation-result")[0]["data"]
     assert "Validation: passed" in validation and "data_docs/index.html" in validation
 
@@ -251,118 +255,7 @@ def test_evaluate_only_and_validate_only_deployments_complete(stack: Stack):
     assert {"validation-result", "data-summary", "metrics-table", "decision"} <= keys
 
 
-# --- the browser ------------------------------------------------------------------------------
-
-
-class Browser:
-    """Headless Debian Chromium driven over the DevTools protocol (no extra Python package:
-    `websockets` comes with Prefect)."""
-
-    def __init__(self, profile: Path):
-        if not CHROMIUM.is_file():
-            pytest.fail(
-                f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y "
-                "chromium`, as .ci/run does) to run the Prefect UI test"
-            )
-        self.proc = subprocess.Popen(
-            [
-                str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--remote-debugging-port=0",
-                "--remote-allow-origins=*",
-                "--window-size=1400,1000",
-                f"--user-data-dir={profile}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.close()
-                pytest.fail("chromium did not open its DevTools port")
-            time.sleep(0.2)
-        port = port_file.read_text().split()[0]
-        pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json").read())
-        page = next(p for p in pages if p["type"] == "page")
-        from websockets.sync.client import connect
-
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
-        self.next_id = 0
-
-    def send(self, method: str, **params: Any) -> dict:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv(timeout=60))
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise AssertionError(f"{method}: {message['error']}")
-                return message["result"]
-
-    def js(self, expression: str) -> Any:
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result["result"].get("value")
-
-    def wait_js(self, expression: str, what: str, timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.5)
-        self.screenshot(SCREENSHOTS / "prefect-ui-failure.png")
-        raise AssertionError(f"the UI never showed {what} (screenshot: prefect-ui-failure.png)")
-
-    def click_text(self, selector: str, text: str) -> bool:
-        """Click, with real mouse events at its centre, the innermost visible element matching
-        `selector` whose text is exactly `text` (the UI's menus react to pointer events)."""
-        box = self.js(
-            f"""(() => {{
-              const found = [...document.querySelectorAll({json.dumps(selector)})]
-                .filter(e => e.innerText && e.innerText.trim() === {json.dumps(text)}
-                             && e.offsetParent !== null);
-              const el = found[found.length - 1];
-              if (!el) return null;
-              el.scrollIntoView({{block: "center"}});
-              const r = el.getBoundingClientRect();
-              return {{x: r.left + r.width / 2, y: r.top + r.height / 2}};
-            }})()"""
-        )
-        if not box:
-            return False
-        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.send(
-                "Input.dispatchMouseEvent",
-                type=kind,
-                x=box["x"],
-                y=box["y"],
-                button="left",
-                clickCount=1,
-            )
-        return True
-
-    def screenshot(self, path: Path) -> Path:
-        import base64
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = self.send("Page.captureScreenshot", format="png")["data"]
-        path.write_bytes(base64.b64decode(data))
-        return path
-
-    def close(self) -> None:
-        if getattr(self, "ws", None) is not None:
-            self.ws.close()
-        stop(self.proc)
+# --- the Prefect UI in a browser ------------------------------------------------------------------
 
 
 def test_quick_run_from_the_prefect_ui_in_chromium(stack: Stack, tmp_path: Path):
@@ -410,6 +303,85 @@ def test_quick_run_from_the_prefect_ui_in_chromium(stack: Stack, tmp_path: Path)
         assert shot.stat().st_size > 10_000
     finally:
         browser.close()
+
+
+# The models' multi-select of the run form is a native <select multiple>: a user's pick sets
+# its options' `selected` and fires input and change, which is what this does.
+PICK_MODELS = """(() => {
+  const select = [...document.querySelectorAll('select[multiple]')]
+    .find(s => [...s.options].some(o => o.value === 'sasrec'));
+  if (!select) return null;
+  for (const o of select.options) o.selected = %s.includes(o.value);
+  select.dispatchEvent(new Event('input', {bubbles: true}));
+  select.dispatchEvent(new Event('change', {bubbles: true}));
+  return [...select.selectedOptions].map(o => o.value);
+})()"""
+SELECTED_MODELS = """[...[...document.querySelectorAll('select[multiple]')]
+  .find(s => [...s.options].some(o => o.value === 'sasrec')).selectedOptions].map(o => o.value)"""
+
+
+def test_custom_run_form_in_chromium_picks_two_models(stack: Stack, tmp_path: Path):
+    """The deployment's run form shows typed fields; two models picked there are the ones
+    trained (not params.yaml's), in task runs named for them, with the table artifacts."""
+    deployment = stack.deployment("recsys-pipeline/full")
+    query = {"deployments": {"id": {"any_": [deployment["id"]]}}}
+    before = {r["id"] for r in api_call(stack.api, "/flow_runs/filter", query)}
+    ui = stack.api.removesuffix("/api")
+    picked = ["popularity", "bpr_mf"]  # params.yaml of the project trains popularity, itemknn
+    browser = Browser(tmp_path / "chromium-profile")
+    try:
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=f"{ui}/deployments/deployment/{deployment['id']}/run")
+        browser.wait_js("document.body && document.body.innerText.includes('Models')", "the form")
+        text = browser.js("document.body.innerText")
+        for label in ("Models", "Protocols", "Epochs (at most)", "Patience", "Source", "release"):
+            assert label in text, label
+        sources = browser.js(
+            "[...document.querySelectorAll('select')].map(s => [...s.options].map(o => o.value))"
+            ".find(values => values.includes('csv'))"
+        )
+        assert sources and "movielens-100k" in sources and "parquet" in sources
+        assert sorted(browser.js(PICK_MODELS % json.dumps(picked))) == sorted(picked)
+        time.sleep(1)  # the form re-renders from its model: the pick must have reached it
+        assert sorted(browser.js(SELECTED_MODELS)) == sorted(picked)
+        browser.screenshot(SCREENSHOTS / "prefect-run-form.png")
+        assert browser.click_text("button", "Submit")
+        deadline, new = time.monotonic() + 60, []
+        while not new and time.monotonic() < deadline:
+            new = [
+                r for r in api_call(stack.api, "/flow_runs/filter", query) if r["id"] not in before
+            ]
+            time.sleep(1)
+        if len(new) != 1:
+            browser.screenshot(SCREENSHOTS / "prefect-ui-failure.png")
+        assert len(new) == 1, "Submit created no flow run (prefect-ui-failure.png)"
+    finally:
+        browser.close()
+    assert sorted(new[0]["parameters"]["training"]["models"]) == sorted(picked)
+    (finished,) = wait_for_runs(stack.api, [new[0]["id"]])
+    assert finished["state_type"] == "COMPLETED", stack.worker_log.read_text()[-3000:]
+
+    subflows = api_call(
+        stack.api,
+        "/flow_runs/filter",
+        {"flow_runs": {"parent_flow_run_id": {"any_": [finished["id"]]}}},
+    )
+    ids = [finished["id"], *(f["id"] for f in subflows)]
+    names = {
+        t["name"]
+        for t in api_call(
+            stack.api, "/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "limit": 50}
+        )
+    }
+    trained = {n for n in names if n.startswith("train-") and not n.startswith("train-models")}
+    assert {f"train-{m}-loo" for m in picked} <= trained
+    assert not any("itemknn" in name for name in trained), trained
+    logged = [e["message"] for i in ids for e in logs_of(stack.api, i)]
+    for model in picked:
+        assert any(m.startswith(f"{model} (loo): validation NDCG@10 ") for m in logged), model
+    for key in ("metrics-table", "decision-table"):
+        mine = [a for a in artifacts_by_key(stack.api, key) if a["flow_run_id"] == finished["id"]]
+        assert [a["type"] for a in mine] == ["table"], key
 
 
 # --- retrain ----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -171,6 +172,10 @@ def test_flow_run_on_a_real_server_completes_and_publishes_the_artifact(
     )
     assert len(report) == 1 and "Champion" in report[0]["data"]
     assert "decision:" in proc.stdout
+    assert "report: reports/evaluation/report.html" in proc.stdout
+    assert "ranking by ndcg@10 (leave-one-out test split, full ranking):" in proc.stdout
+    logged = proc.stdout + proc.stderr  # one line per trained model, its validation figures
+    assert re.search(r"popularity \(loo\): validation NDCG@10 0\.\d{4}, HR@10", logged)
     assert (project / "reports/evaluation/decision.json").is_file()
 
     # Nothing pickled is kept: Prefect persisted no result; the stage cache is JSON data.

@@ -233,6 +233,5 @@ def test_dvc_dependencies_cover_the_stage_import_closure(stage: str):
 
 
 def test_the_prefect_run_form_offers_the_registry_models():
-    schema = parameter_schema(recsys_pipeline.fn).model_dump()["properties"]["models"]
-    choices = next(option for option in schema["anyOf"] if option.get("type") == "array")
-    assert choices["items"]["enum"] == list(model_names())
+    schema = parameter_schema(recsys_pipeline.fn).model_dump()["definitions"]["Training"]
+    assert schema["properties"]["models"]["items"]["enum"] == list(model_names())
