@@ -102,6 +102,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
         interim_dir=Path(args.interim or params.ingest.out),
         out_dir=Path(args.out or params.validate.out),
         params=params.validate,
+        kcore=(params.features.min_user_interactions, params.features.min_item_interactions),
     )
     print_summary("validate", summary)
 

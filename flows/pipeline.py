@@ -122,10 +122,15 @@ def ingest_task(source: str, path: str, out: str, params: Any) -> dict[str, Any]
 
 @task(name="validate", **NO_PERSIST)
 @cached_stage("interim", out="out")
-def validate_task(interim: str, out: str, params: Any) -> dict[str, Any]:
+def validate_task(
+    interim: str, out: str, params: Any, kcore: list[int] | None = None
+) -> dict[str, Any]:
+    """kcore: features' [min_user_interactions, min_item_interactions], for the warnings that
+    say what the k-core filter will drop."""
     from tasks.validate import validate  # heavy (Great Expectations): imported when it runs
 
-    return validate(interim_dir=Path(interim), out_dir=Path(out), params=params)
+    thresholds = (int(kcore[0]), int(kcore[1])) if kcore else None
+    return validate(interim_dir=Path(interim), out_dir=Path(out), params=params, kcore=thresholds)
 
 
 @task(name="features", **NO_PERSIST)
@@ -261,7 +266,11 @@ def _ingest_and_validate(
     logger.info("ingest wrote %s", params.ingest.out)
     try:
         summary["validate"] = run_stage(
-            validate_task, params.ingest.out, params.validate.out, params.validate
+            validate_task,
+            params.ingest.out,
+            params.validate.out,
+            params.validate,
+            [params.features.min_user_interactions, params.features.min_item_interactions],
         )
     except ValidationFailed as exc:
         _publish_validation(params)

@@ -32,6 +32,7 @@ import polars as pl
 
 from tasks.errors import RecsysError
 from tasks.io import dir_hashes, file_sha256, staged_dir, write_json, write_parquet
+from tasks.kcore import kcore_losses, kcore_mask
 from tasks.params import FeaturesParams, as_dict
 from tasks.schema import (
     INTERACTIONS,
@@ -47,7 +48,7 @@ from tasks.sequences import padded_tail, rank_from_end
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-VALIDATION_SUMMARY = "summary.json"
+VALIDATED_FILE = "validated.json"  # tasks/validate.py writes it; stages never import each other
 
 TRAIN, VAL, TEST = 0, 1, 2
 SPLITS = {"train": TRAIN, "val": VAL, "test": TEST}
@@ -133,6 +134,7 @@ def build_features(
         "items": n_items,
         "duplicates_removed": counts["duplicates_removed"],
         "kcore_rows_removed": counts["kcore_rows_removed"],
+        "kcore_dropped": _kcore_brief(counts["kcore"]),
         "loo": counts["loo"],
         "temporal": {**temporal_sizes, "val_start": val_start, "test_start": test_start},
     }
@@ -174,8 +176,19 @@ def clean_interactions(
         "duplicates_removed": raw_rows - coded.height,
         "kcore_rows_removed": coded.height - frame.height,
         "kcore_rounds": rounds,
+        # what the filter cost, so a run on sparse data says how much of the catalogue it lost
+        "kcore": kcore_losses(users, items, keep),
     }
     return frame, user_map, item_map, counts
+
+
+def _kcore_brief(losses: dict[str, Any]) -> str:
+    """One line for the CLI: `12 rows (0.5%), 3 users (1.0%), 40 items (2.4% of the catalogue)`."""
+    parts = [
+        f"{losses[f'{name}_removed']} {name} ({100 * losses[f'{name}_share']:.1f}%{tail})"
+        for name, tail in (("rows", ""), ("users", ""), ("items", " of the catalogue"))
+    ]
+    return ", ".join(parts)
 
 
 def _check_params(params: FeaturesParams) -> None:
@@ -225,19 +238,29 @@ def _size(size: int) -> str:
 
 
 def check_validation(interim_dir: Path, validation_dir: Path, input_hashes: dict) -> None:
-    """Refuse to build from data the validate stage has not passed in exactly this version."""
-    path = validation_dir / VALIDATION_SUMMARY
+    """Refuse to build from data the validate stage has not passed in exactly this version.
+
+    Reads validated.json, the validate stage's stable record (input hashes, verdict, warnings;
+    no clock, no drift figures), so `dvc repro` reruns features only when the data changed.
+    """
+    path = validation_dir / VALIDATED_FILE
+    if not path.is_file() and (validation_dir / "summary.json").is_file():
+        # validate writes validated.json only when it passes; its report stays beside it
+        raise RecsysError(
+            f"{path}: not found: validation did not pass (see {validation_dir / 'summary.json'}); "
+            "fix the data and rerun validate"
+        )
     if not path.is_file():
         raise RecsysError(
             f"{path}: not found; run `recsys validate` first (or pass --skip-validation-check)"
         )
     try:
-        summary = json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise RecsysError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(summary, dict) or summary.get("success") is not True:
-        raise RecsysError(f"{path}: validation did not succeed; fix the data and rerun validate")
-    recorded = summary.get("input_hashes")
+    if not isinstance(record, dict) or record.get("verdict") != "passed":
+        raise RecsysError(f"{path}: validation did not pass; fix the data and rerun validate")
+    recorded = record.get("input_hashes")
     if recorded != input_hashes:
         recorded = recorded if isinstance(recorded, dict) else {}
         changed = sorted(
@@ -288,25 +311,6 @@ def encode_ids(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFra
         df = df.join(ids, on=column, how="left", maintain_order="left").drop(column)
         tables.append(ids)
     return df, tables[0], tables[1]
-
-
-def kcore_mask(
-    users: np.ndarray, items: np.ndarray, min_user: int, min_item: int
-) -> tuple[np.ndarray, int]:
-    """Rows kept by the k-core filter, and how many rounds it took to reach the fixed point.
-
-    One round is not enough: dropping a rare item can push a user below the threshold.
-    """
-    keep = np.ones(len(users), dtype=bool)
-    rounds = 0
-    while True:
-        rounds += 1
-        user_counts = np.bincount(users[keep], minlength=int(users.max()) + 1)
-        item_counts = np.bincount(items[keep], minlength=int(items.max()) + 1)
-        new = keep & (user_counts[users] >= min_user) & (item_counts[items] >= min_item)
-        if new.sum() == keep.sum():
-            return keep, rounds
-        keep = new
 
 
 def contiguous_map(
