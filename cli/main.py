@@ -9,6 +9,7 @@ second.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import traceback
@@ -79,6 +80,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         out_dir=Path(args.out or p.out),
         columns=columns,
         sep=args.sep if args.sep is not None else p.sep,
+        items=dataclasses.replace(p.items, path=args.items) if args.items else p.items,
+        users=dataclasses.replace(p.users, path=args.users) if args.users else p.users,
     )
     print_summary("ingest", summary)
 
@@ -338,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="csv/parquet: unit of integer epochs " + given.format("time_unit", "s"),
     )
     p.add_argument("--sep", help="csv: field delimiter (default: params.yaml ingest.sep, else ,)")
+    p.add_argument("--items", help="item metadata file (default: params.yaml ingest.items.path)")
+    p.add_argument("--users", help="user metadata file (default: params.yaml ingest.users.path)")
     _add_params(p)
 
     p = add("synth", cmd_synth, "Generate synthetic interactions with sequential structure.")

@@ -117,6 +117,8 @@ def ingest_task(source: str, path: str, out: str, params: Any) -> dict[str, Any]
         out_dir=Path(out),
         columns=column_map(params.columns),
         sep=params.sep,
+        items=params.items,
+        users=params.users,
     )
 
 

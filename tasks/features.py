@@ -54,6 +54,7 @@ TRAIN, VAL, TEST = 0, 1, 2
 SPLITS = {"train": TRAIN, "val": VAL, "test": TEST}
 SPLIT_COLUMNS = ["user_idx", "item_idx", "timestamp", "rating"]
 DEDUPE_KEY = ["u", "i", "timestamp", "rating"]  # the four canonical columns, ids as codes
+NUMERIC_BINS = 5  # a numeric metadata column becomes this many quantile-bin tags
 # Padded-sequence arrays alive at once in _write_sequences: the train and the test inputs.
 SEQUENCE_ARRAYS = 2
 
@@ -421,13 +422,13 @@ def _write_item_features(
         items = conform_items(items)
     except pl.exceptions.PolarsError as exc:
         raise RecsysError(f"{path}: wrong column types ({_first_line(exc)})") from exc
-    catalog = item_map.join(items, on="item_id", how="left", maintain_order="left").select(
-        "item_idx", *ITEMS
-    )
+    joined = item_map.join(items, on="item_id", how="left", maintain_order="left")
+    catalog = joined.select("item_idx", *ITEMS)
     write_parquet(catalog, folder / "items.parquet")
     n_rows = item_map.height + 1
 
-    genres, vocab = genre_multi_hot(catalog, n_rows)
+    extras = [name for name in items.columns if name not in ITEMS]
+    genres, vocab = genre_multi_hot(_feature_tags(joined, extras), n_rows)
     _save_npy(genres, folder / "genres.npy")
     write_json(vocab, folder / "genres.json")
 
@@ -440,9 +441,48 @@ def _write_item_features(
     return {
         "with_metadata": int(item_map["item_id"].is_in(items["item_id"].implode()).sum()),
         "genres": len(vocab),
+        # genres.npy's columns come from these: genres as they are, the others as
+        # "column=value" (numbers as "column=q1".."q{NUMERIC_BINS}", their quantile bins)
+        "columns": ["genres", *extras],
         "year_buckets": year_info["n_buckets"],
         "popularity": "interaction counts in loo/train.parquet",
     }
+
+
+def _feature_tags(joined: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
+    """item_idx and `genres`: every categorical value of the item as one tag list, so any
+    metadata (an S3-Rec attribute list, a brand, a price) becomes columns of the item feature
+    tensor, not only MovieLens genres. genres keep their names (the serving filters and the
+    diversity metric use them); other columns tag as "column=value", numbers by quantile bin.
+    """
+    tags = [pl.col("genres").fill_null(pl.lit([], dtype=pl.List(pl.String)))]
+    for name in extras:
+        dtype = joined.schema[name]
+        if dtype.is_numeric():
+            tags.append(_quantile_tags(joined[name]))
+            continue
+        values = pl.col(name) if isinstance(dtype, pl.List) else pl.concat_list(pl.col(name))
+        values = values.cast(pl.List(pl.String)).list.eval(pl.lit(f"{name}=") + pl.element())
+        tags.append(values.fill_null(pl.lit([], dtype=pl.List(pl.String))))
+    if len(tags) == 1:
+        return joined.select("item_idx", "genres")
+    merged = pl.concat_list(tags).list.eval(pl.element().drop_nulls()).alias("genres")
+    return joined.select("item_idx", merged)
+
+
+def _quantile_tags(values: pl.Series) -> pl.Expr:
+    """A number column as one tag per item, its quantile bin: "price=q1" .. "price=q5"."""
+    numbers = values.cast(pl.Float64)
+    known = numbers.drop_nulls().drop_nans()
+    if known.len() == 0:
+        return pl.lit([], dtype=pl.List(pl.String))
+    edges = np.unique(np.quantile(known.to_numpy(), np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
+    bins = np.searchsorted(edges, numbers.fill_nan(None).to_numpy(), side="right") + 1
+    labels = [
+        None if v is None else f"{values.name}=q{b}"
+        for v, b in zip(numbers.fill_nan(None).to_list(), bins.tolist(), strict=True)
+    ]
+    return pl.concat_list(pl.lit(pl.Series(labels, dtype=pl.String)))
 
 
 def genre_multi_hot(catalog: pl.DataFrame, n_rows: int) -> tuple[np.ndarray, list[str]]:
@@ -508,6 +548,15 @@ def _categorical_codes(values: pl.Series, path: Path) -> tuple[np.ndarray, list[
         age = values.to_numpy().astype(np.float64)
         codes = 1 + np.searchsorted(AGE_EDGES, age, side="right")
         return np.where(np.isnan(age), 0, codes), AGE_LABELS
+    if values.dtype.is_float():  # a measured number (ingest.users.columns.numeric): binned
+        numbers = values.fill_nan(None).to_numpy().astype(np.float64)
+        known = numbers[~np.isnan(numbers)]
+        if known.size == 0:
+            return np.zeros(len(numbers), dtype=np.int64), []
+        edges = np.unique(np.quantile(known, np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
+        codes = 1 + np.searchsorted(edges, numbers, side="right")
+        labels = [f"q{k}" for k in range(1, len(edges) + 2)]
+        return np.where(np.isnan(numbers), 0, codes), labels
     try:
         text = values.cast(pl.String)
     except pl.exceptions.PolarsError as exc:
