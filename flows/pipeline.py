@@ -22,9 +22,10 @@ from prefect import flow, get_run_logger, task
 from flows import artifacts
 from flows.caching import NO_PERSIST, cached_stage, run_stage
 from flows.locking import pipeline_lock
-from recsys_models.registry import model_names
+from recsys_models.registry import model_names, model_spec
+from recsys_models.spec import NEED_TEXT
 from tasks.errors import RecsysError, ValidationFailed
-from tasks.feature_store import manifest_sha256
+from tasks.feature_store import available_data, manifest_sha256
 from tasks.features import build_features
 from tasks.incoming import (
     BadIncomingFile,
@@ -234,6 +235,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "| --- |" + " --- |" * len(TRAIN_COLUMNS),
         ]
         for model, metrics in summary["train"].items():
+            if "skipped" in metrics:
+                lines.append(f"| {model} | skipped: {metrics['skipped']} |")
+                continue
             cells = [_cell(metrics.get(key)) for key in TRAIN_COLUMNS]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -405,6 +409,19 @@ def train_runner(train: TrainParams) -> Any:
     )
 
 
+def skipped_models(models: tuple[str, ...], features: str) -> dict[str, str]:
+    """Models the features cannot train, each with the one-line reason training would give
+    (content_based without item metadata): the flow skips them instead of failing the run."""
+    available = available_data(features)
+    reasons = {}
+    for model in models:
+        missing = sorted(model_spec(model).required() - available)
+        if missing:
+            what = " and ".join(NEED_TEXT[need] for need in missing)
+            reasons[model] = f"model {model} needs {what}; the features have none"
+    return reasons
+
+
 @flow(name="train-models", log_prints=True, persist_result=False)
 def train_models(params: Any) -> dict[str, dict[str, Any]]:
     """Every model of train.models on every evaluation protocol: {protocol: {model: metrics}}.
@@ -413,9 +430,16 @@ def train_models(params: Any) -> dict[str, dict[str, Any]]:
     side by side; without one they run in turn. Each writes only its own models/ folder.
     """
     logger = get_run_logger()
-    jobs = [(m, p) for p in params.evaluate.protocols for m in params.train.models]
+    skipped = skipped_models(params.train.models, params.features.out)
+    for model, reason in skipped.items():
+        logger.warning("%s skipped: %s", model, reason)
+    models = [m for m in params.train.models if m not in skipped]
+    jobs = [(m, p) for p in params.evaluate.protocols for m in models]
     parallel = params.train.parallel != "none"
-    results: dict[str, dict[str, Any]] = {protocol: {} for protocol in params.evaluate.protocols}
+    results: dict[str, dict[str, Any]] = {
+        protocol: {m: {"skipped": reason} for m, reason in skipped.items()}
+        for protocol in params.evaluate.protocols
+    }
     pending = []
     for model, protocol in jobs:
         out = str(model_dir(params.train.out, model, protocol))

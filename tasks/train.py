@@ -30,7 +30,14 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.lightning_base import TrainClock
 from recsys_models.metrics import evaluate
-from recsys_models.spec import CLOSED_FORM, ITEM_FEATURES, RATINGS, USER_FEATURES, ModelSpec
+from recsys_models.spec import (
+    CLOSED_FORM,
+    ITEM_FEATURES,
+    NEED_TEXT,
+    RATINGS,
+    USER_FEATURES,
+    ModelSpec,
+)
 from tasks import model_store
 from tasks.errors import RecsysError
 from tasks.feature_store import load_features, manifest_sha256
@@ -39,6 +46,11 @@ from tasks.params import Params, TrainParams
 
 MONITOR = "val_ndcg@10"
 RUN_FILE = "run.json"
+# Where the data a model requires comes from, for the refusal line.
+NEED_HINT = {
+    ITEM_FEATURES: "give an item metadata file in params.yaml ingest.items",
+    USER_FEATURES: "give a user metadata file in params.yaml ingest.users",
+}
 METRIC_KEYS = ("ndcg@5", "ndcg@10", "ndcg@20", "hr@5", "hr@10", "hr@20", "mrr", "users")
 
 
@@ -91,17 +103,22 @@ def train(
 
 def check_needs(spec: ModelSpec, data: FeatureData) -> list[str]:
     """Refuse, in one line, a model that cannot train on these features (rating models
-    without ratings); return what it will miss where it can train without it (metadata), so the
-    loss of quality is said and recorded, never silent."""
-    if RATINGS in spec.needs and data.train_ratings is None:
-        raise RecsysError(
-            f"model {spec.name} needs ratings on every training row; the features have none"
-        )
-    missing = []
-    if ITEM_FEATURES in spec.needs and not np.asarray(data.item_genres).any():
-        missing.append("item metadata (genres)")
-    if USER_FEATURES in spec.needs and data.user_features is None:
-        missing.append("user metadata")
+    without ratings, content-based without item metadata); return what it will miss where it
+    can train without it, so the loss of quality is said and recorded, never silent."""
+    present = {
+        RATINGS: data.train_ratings is not None,
+        ITEM_FEATURES: bool(
+            np.asarray(data.item_genres).any() or np.asarray(data.item_year_bucket).any()
+        ),
+        USER_FEATURES: data.user_features is not None,
+    }
+    for need in sorted(spec.required()):
+        if not present[need]:
+            raise RecsysError(
+                f"model {spec.name} needs {NEED_TEXT[need]}; the features have none"
+                + (f" ({NEED_HINT[need]})" if need in NEED_HINT else "")
+            )
+    missing = [NEED_TEXT[need] for need in sorted(spec.needs) if not present[need]]
     for what in missing:
         print(f"warning: model {spec.name}: the features have no {what}; it ranks without them")
     return missing

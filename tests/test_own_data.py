@@ -314,3 +314,45 @@ def test_amazon_beauty_reads_in_place(tmp_path: Path):
     }
     assert manifest["item_features"]["with_metadata"] == built["items"]
     assert manifest["item_features"]["genres"] > 100  # the attributes are the item features
+
+
+def benchmark_features(tmp_path: Path, with_attributes: bool) -> Path:
+    seq, meta = write_benchmark(tmp_path / "raw")
+    interim, report, out = tmp_path / "interim", tmp_path / "report", tmp_path / "features"
+    items = MetadataParams(path=str(meta)) if with_attributes else None
+    ingest("seq", seq, interim, items=items)
+    validate(interim, report, ValidateParams())
+    params = FeaturesParams(min_user_interactions=1, min_item_interactions=1)
+    build_features(interim, out, params, 0, report)
+    return out
+
+
+def test_content_based_is_refused_without_item_metadata_and_the_flow_skips_it(tmp_path: Path):
+    from flows.pipeline import skipped_models, summary_markdown
+    from tasks.params import load_params
+    from tasks.train import train
+
+    bare = benchmark_features(tmp_path / "bare", with_attributes=False)
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(RecsysError) as info:
+        train("content_based", bare, tmp_path / "models" / "content_based", params)
+    assert str(info.value) == (
+        "model content_based needs item metadata (genres, categories or other item columns); "
+        "the features have none (give an item metadata file in params.yaml ingest.items)"
+    )
+    assert not (tmp_path / "models" / "content_based").exists()
+
+    reasons = skipped_models(("popularity", "content_based", "two_tower", "rating_mf"), str(bare))
+    assert reasons == {
+        "content_based": "model content_based needs item metadata (genres, categories or other "
+        "item columns); the features have none",
+        "rating_mf": "model rating_mf needs ratings on every training row; the features have none",
+    }  # two_tower uses metadata where it exists and trains on ids where it does not
+    table = summary_markdown({"train": {"content_based": {"skipped": reasons["content_based"]}}})
+    assert "| content_based | skipped: model content_based needs item metadata" in table
+
+    # with the benchmark's attributes it trains, and reads them
+    rich = benchmark_features(tmp_path / "rich", with_attributes=True)
+    assert skipped_models(("content_based",), str(rich)) == {}
+    metrics = train("content_based", rich, tmp_path / "models" / "cb", params)
+    assert "missing_data" not in metrics
