@@ -423,12 +423,15 @@ def _write_item_features(
     except pl.exceptions.PolarsError as exc:
         raise RecsysError(f"{path}: wrong column types ({_first_line(exc)})") from exc
     joined = item_map.join(items, on="item_id", how="left", maintain_order="left")
-    catalog = joined.select("item_idx", *ITEMS)
+    extras = [name for name in items.columns if name not in ITEMS]
+    tags = _feature_tags(joined, extras)
+    # The served catalogue's genres are the item's tags, so a genre filter on any tag of
+    # genres.json (a brand, an S3-Rec attribute) finds the items that have it.
+    catalog = joined.with_columns(tags["genres"]).select("item_idx", *ITEMS)
     write_parquet(catalog, folder / "items.parquet")
     n_rows = item_map.height + 1
 
-    extras = [name for name in items.columns if name not in ITEMS]
-    genres, vocab = genre_multi_hot(_feature_tags(joined, extras), n_rows)
+    genres, vocab = genre_multi_hot(tags, n_rows)
     _save_npy(genres, folder / "genres.npy")
     write_json(vocab, folder / "genres.json")
 

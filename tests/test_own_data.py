@@ -356,3 +356,20 @@ def test_content_based_is_refused_without_item_metadata_and_the_flow_skips_it(tm
     assert skipped_models(("content_based",), str(rich)) == {}
     metrics = train("content_based", rich, tmp_path / "models" / "cb", params)
     assert "missing_data" not in metrics
+
+
+def test_the_served_catalogue_lists_every_tag_of_the_item_feature_tensor(tmp_path: Path):
+    data = own_data(tmp_path)
+    interim, report, out = tmp_path / "interim", tmp_path / "report", tmp_path / "features"
+    ingest("csv", data["log"], interim, data["columns"], sep=";", items=data["items"])
+    validate(interim, report, ValidateParams())
+    build_features(
+        interim, out, FeaturesParams(min_user_interactions=1, min_item_interactions=1), 0, report
+    )
+    catalog = pl.read_parquet(out / "items" / "items.parquet")
+    vocab = json.loads((out / "items" / "genres.json").read_text())
+    tensor = np.load(out / "items" / "genres.npy")
+    for row in catalog.iter_rows(named=True):
+        assert sorted(row["genres"]) == sorted(
+            vocab[k] for k in np.flatnonzero(tensor[row["item_idx"]])
+        )
