@@ -132,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         out_dir=Path(args.out or model_dir(params.train.out, args.model, args.protocol)),
         params=params,
         protocol=args.protocol,
+        skip_unusable=args.skip_unusable,
     )
     print_summary(f"train {args.model} ({args.protocol} validation, full ranking)", metrics)
 
@@ -377,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--features", help="features folder (default: params.yaml features.out)")
     p.add_argument("--out", help="output folder (default: params.yaml train.out/<model>)")
+    p.add_argument(
+        "--skip-unusable",
+        action="store_true",
+        help="where the features lack data the model requires (content_based without item "
+        "metadata), leave a placeholder saying why instead of failing (dvc.yaml uses it)",
+    )
     p.add_argument(
         "--protocol",
         choices=["loo", "temporal"],

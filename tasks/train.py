@@ -54,19 +54,38 @@ NEED_HINT = {
 METRIC_KEYS = ("ndcg@5", "ndcg@10", "ndcg@20", "hr@5", "hr@10", "hr@20", "mrr", "users")
 
 
+class Unusable(RecsysError):
+    """The features lack data the model cannot do without (ModelSpec.required)."""
+
+
 def train(
-    model: str, features_dir: Path, out_dir: Path, params: Params, protocol: str = "loo"
+    model: str,
+    features_dir: Path,
+    out_dir: Path,
+    params: Params,
+    protocol: str = "loo",
+    skip_unusable: bool = False,
 ) -> dict[str, Any]:
     """Train (or fit) `model` on the features, write models/<name>/, return its val metrics.
 
     protocol "temporal" trains on the global temporal split instead (tasks/feature_store.py);
     its models go to models/<name>/temporal/ so the evaluation can score both protocols.
+    skip_unusable: where the features lack data the model requires, leave a placeholder that
+    says why (model_store.save_skipped) instead of failing: how `dvc repro` runs every
+    registered model on data that has no item metadata.
     """
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     spec = model_store.spec(model)
     config = model_store.model_config(model, params.train.section(model), f"train.{model}")
     data = load_features(features_dir, protocol)
-    missing = check_needs(spec, data)
+    try:
+        missing = check_needs(spec, data)
+    except Unusable as exc:
+        if not skip_unusable:
+            raise
+        model_store.save_skipped(out_dir, str(exc), manifest_sha256(features_dir))
+        print(f"skipped: {exc}")
+        return {"skipped": str(exc)}
     manifest_sha = manifest_sha256(features_dir)
     lightning.seed_everything(params.seed, workers=True, verbose=False)
     settings = trainer_settings(params)
@@ -114,7 +133,7 @@ def check_needs(spec: ModelSpec, data: FeatureData) -> list[str]:
     }
     for need in sorted(spec.required()):
         if not present[need]:
-            raise RecsysError(
+            raise Unusable(
                 f"model {spec.name} needs {NEED_TEXT[need]}; the features have none"
                 + (f" ({NEED_HINT[need]})" if need in NEED_HINT else "")
             )

@@ -351,6 +351,20 @@ def test_content_based_is_refused_without_item_metadata_and_the_flow_skips_it(tm
     table = summary_markdown({"train": {"content_based": {"skipped": reasons["content_based"]}}})
     assert "| content_based | skipped: model content_based needs item metadata" in table
 
+    # dvc.yaml's stages run every model: --skip-unusable leaves a placeholder saying why,
+    # which neither evaluate nor export takes for a trained model
+    from tasks import model_store
+
+    folder = tmp_path / "models" / "content_based"
+    assert train("content_based", bare, folder, params, skip_unusable=True) == {
+        "skipped": str(info.value)
+    }
+    assert (folder / "weights.pt").read_bytes() == b""
+    assert model_store.skipped_reason(folder) == str(info.value)
+    assert model_store.trained_models(tmp_path / "models", "loo") == []
+    with pytest.raises(RecsysError, match=r"config.json: not trained: model content_based needs"):
+        model_store.read_record(folder)
+
     # with the benchmark's attributes it trains, and reads them
     rich = benchmark_features(tmp_path / "rich", with_attributes=True)
     assert skipped_models(("content_based",), str(rich)) == {}
