@@ -303,7 +303,7 @@ def _aggregate_batches(
 ) -> list[Batch]:
     min_user, min_item = kcore if kcore is not None else (None, None)
     batches = [
-        _user_batch(user_counts, params, min_user),
+        _user_batch(user_counts, params, min_user, side.get(schema.USERS_FILE)),
         _item_batch(profile, side.get(schema.ITEMS_FILE), params, min_item),
     ]
     if schema.ITEMS_FILE in side:
@@ -430,7 +430,14 @@ def _warning(expectation: type[gxe.Expectation], notes: str, **kwargs: Any) -> g
     return expectation(severity="warning", notes=notes, **kwargs)
 
 
-def _user_batch(user_counts: pl.DataFrame, params: ValidateParams, min_user: int | None) -> Batch:
+def _user_batch(
+    user_counts: pl.DataFrame,
+    params: ValidateParams,
+    min_user: int | None,
+    users_path: Path | None = None,
+) -> Batch:
+    """One row per user of the log: its count and, where users.parquet exists, whether the
+    user has a row there (a user without one gets no user features: a warning)."""
     counts = user_counts.rename({"interactions": "interactions_per_user"})
     checks = [
         *_id_checks("user_id", params),
@@ -450,6 +457,20 @@ def _user_batch(user_counts: pl.DataFrame, params: ValidateParams, min_user: int
                 "the filter iterates",
                 column="interactions_per_user",
                 min_value=min_user,
+            )
+        )
+    if users_path is not None:
+        known = _read_parquet(users_path, lambda p: pl.read_parquet(p, columns=["user_id"]))
+        known = known.unique().with_columns(pl.lit(True).alias("in_user_table"))
+        counts = counts.join(known, on="user_id", how="left").with_columns(
+            pl.col("in_user_table").fill_null(False)
+        )
+        checks.append(
+            _warning(
+                gxe.ExpectColumnValuesToBeInSet,
+                f"users of the interactions without a row in {schema.USERS_FILE} (no metadata)",
+                column="in_user_table",
+                value_set=[True],
             )
         )
     frame = _pandas_view(counts)

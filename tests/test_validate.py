@@ -313,6 +313,18 @@ def test_a_metadata_table_whose_keys_match_nothing_fails(tmp_path: Path, table: 
     assert not (tmp_path / "r" / "validated.json").exists()
 
 
+def test_users_without_a_user_row_are_a_warning(tmp_path: Path) -> None:
+    interim = write_interim(tmp_path / "i", interactions())
+    users = pl.DataFrame({"user_id": ["u0", "u1", "u2", "u3", "u4"], "age": [20] * 5})
+    users.write_parquet(interim / "users.parquet")
+    validate(interim, tmp_path / "r", ValidateParams())
+    [warning] = warnings_of(tmp_path / "r")
+    assert warning["line"] == (
+        "interactions.parquet: in_user_table expect_column_values_to_be_in_set [True]: "
+        "1 users, e.g. u5"
+    )
+
+
 def test_users_below_the_minimum_are_a_warning(tmp_path: Path) -> None:
     df = interactions().filter((pl.col("user_id") != "u2") | (pl.col("timestamp") == T0 + 200))
     result = validate(write_interim(tmp_path / "i", df), tmp_path / "r", ValidateParams())
