@@ -387,3 +387,23 @@ def test_the_served_catalogue_lists_every_tag_of_the_item_feature_tensor(tmp_pat
         assert sorted(row["genres"]) == sorted(
             vocab[k] for k in np.flatnonzero(tensor[row["item_idx"]])
         )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (BEAUTY / "Beauty.txt").is_file(), reason="../shared/data/beauty absent")
+def test_content_based_uses_the_beauty_attributes(tmp_path: Path):
+    """The attributes carry signal on Beauty: content-based beats popularity on validation
+    (measured: NDCG@10 0.0223 against 0.0078), which it could not without reading them."""
+    from tasks.params import load_params
+    from tasks.train import train
+
+    interim, report, out = tmp_path / "interim", tmp_path / "report", tmp_path / "features"
+    meta = MetadataParams(path=str(BEAUTY / "Beauty_item2attributes.json"))
+    ingest("seq", BEAUTY / "Beauty.txt", interim, items=meta)
+    validate(interim, report, ValidateParams(), kcore=(5, 5))
+    build_features(interim, out, FeaturesParams(), 0, report)
+    params = load_params(ROOT / "params.yaml")
+    scores = {
+        m: train(m, out, tmp_path / "models" / m, params) for m in ("popularity", "content_based")
+    }
+    assert scores["content_based"]["ndcg@10"] > 2 * scores["popularity"]["ndcg@10"]
