@@ -109,9 +109,13 @@ def reject_incoming_task(staged: dict[str, Any], incoming: str, reason: str) -> 
     retry_condition_fn=_transient,
     **NO_PERSIST,
 )
-@cached_stage("path", out="out")
-def ingest_task(source: str, path: str, out: str, params: Any) -> dict[str, Any]:
-    """`params`: params.yaml's ingest section (the column map and separator of the source)."""
+@cached_stage("path", "metadata", out="out")
+def ingest_task(
+    source: str, path: str, out: str, params: Any, metadata: list[str] | None = None
+) -> dict[str, Any]:
+    """`params`: params.yaml's ingest section (the column map and separator of the source).
+    `metadata`: the item/user metadata files it names, hashed by content like `path`, so a
+    changed items file reruns ingest instead of returning the cached result."""
     return ingest(
         source=source,
         path=Path(path),
@@ -268,7 +272,10 @@ def _ingest_and_validate(
         staged = _stage_incoming(incoming, raw, source)
         summary["incoming"] = staged
         raw = staged["candidate"] or raw
-    summary["ingest"] = run_stage(ingest_task, source, raw, params.ingest.out, params.ingest)
+    metadata = [m.path for m in (params.ingest.items, params.ingest.users) if m.path]
+    summary["ingest"] = run_stage(
+        ingest_task, source, raw, params.ingest.out, params.ingest, metadata
+    )
     logger.info("ingest wrote %s", params.ingest.out)
     try:
         summary["validate"] = run_stage(
