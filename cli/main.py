@@ -9,6 +9,7 @@ second.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -111,6 +112,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         out_dir=Path(args.out or p.out),
         columns=columns,
         sep=args.sep if args.sep is not None else p.sep,
+        items=dataclasses.replace(p.items, path=args.items) if args.items else p.items,
+        users=dataclasses.replace(p.users, path=args.users) if args.users else p.users,
     )
     print_summary("ingest", summary)
     print_wrote(args.out or p.out)
@@ -136,6 +139,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
         interim_dir=Path(args.interim or params.ingest.out),
         out_dir=Path(args.out or params.validate.out),
         params=params.validate,
+        kcore=(params.features.min_user_interactions, params.features.min_item_interactions),
     )
     print_summary("validate", summary)
     print_wrote(args.out or params.validate.out)
@@ -165,6 +169,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         out_dir=out,
         params=params,
         protocol=args.protocol,
+        skip_unusable=args.skip_unusable,
     )
     print_summary(f"train {args.model} ({args.protocol} validation, full ranking)", metrics)
     print_wrote(out)
@@ -440,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="csv/parquet: unit of integer epochs " + given.format("time_unit", "s"),
     )
     p.add_argument("--sep", help="csv: field delimiter (default: params.yaml ingest.sep, else ,)")
+    p.add_argument("--items", help="item metadata file (default: params.yaml ingest.items.path)")
+    p.add_argument("--users", help="user metadata file (default: params.yaml ingest.users.path)")
     _add_params(p)
 
     p = add("synth", cmd_synth, "Generate synthetic interactions with sequential structure.")
@@ -474,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--features", help="features folder (default: params.yaml features.out)")
     p.add_argument("--out", help="output folder (default: params.yaml train.out/<model>)")
+    p.add_argument(
+        "--skip-unusable",
+        action="store_true",
+        help="where the features lack data the model requires (content_based without item "
+        "metadata), leave a placeholder saying why instead of failing (dvc.yaml uses it)",
+    )
     p.add_argument(
         "--protocol",
         choices=["loo", "temporal"],

@@ -76,9 +76,27 @@ def validation_markdown(summary_file: str | Path) -> str:
             f"| popularity shift | {_cell(drift['popularity_shift'])} | "
             f"{_cell(drift['max_popularity_shift'])} |"
         )
-    failed = [e for e in summary.get("expectations", []) if not e.get("success")]
+    failed = [
+        e
+        for e in summary.get("expectations", [])
+        if not e.get("success") and e.get("severity") != "warning"
+    ]
+    warnings = summary.get("warnings") or []
     total = len(summary.get("expectations", []))
-    lines += ["", f"{total} expectations evaluated, {len(failed)} failed."]
+    lines += ["", f"{total} expectations evaluated, {len(failed)} failed, {len(warnings)} warned."]
+    if warnings:
+        lines += ["", "## Warnings (facts about the data; the run goes on)", ""]
+        lines += ["| table | column | check | count |", "| --- | --- | --- | --- |"]
+        for w in warnings:
+            count = f"{w.get('count')} {w.get('unit') or ''}".strip()
+            lines.append(f"| {w['table']} | {w.get('column') or ''} | {w['check']} | {count} |")
+    kcore = summary.get("kcore")
+    if kcore:
+        lines += ["", "## What the features stage's k-core filter will drop", ""]
+        lines += ["| | removed | share |", "| --- | --- | --- |"]
+        for unit in ("rows", "users", "items"):
+            share = _cell(kcore[f"{unit}_share"])
+            lines.append(f"| {unit} | {kcore[f'{unit}_removed']} | {share} |")
     if failed:
         lines += ["", "| table | column | expectation | unexpected | examples |"]
         lines.append("| --- | --- | --- | --- | --- |")

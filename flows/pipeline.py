@@ -23,8 +23,10 @@ from flows import artifacts
 from flows.caching import NO_PERSIST, cached_stage, run_stage
 from flows.form import DataSource, Training
 from flows.locking import pipeline_lock
+from recsys_models.registry import model_spec
+from recsys_models.spec import NEED_TEXT
 from tasks.errors import RecsysError, ValidationFailed
-from tasks.feature_store import manifest_sha256
+from tasks.feature_store import available_data, manifest_sha256
 from tasks.features import build_features
 from tasks.incoming import (
     BadIncomingFile,
@@ -105,24 +107,35 @@ def reject_incoming_task(staged: dict[str, Any], incoming: str, reason: str) -> 
     retry_condition_fn=_transient,
     **NO_PERSIST,
 )
-@cached_stage("path", out="out")
-def ingest_task(source: str, path: str, out: str, params: Any) -> dict[str, Any]:
-    """`params`: params.yaml's ingest section (the column map and separator of the source)."""
+@cached_stage("path", "metadata", out="out")
+def ingest_task(
+    source: str, path: str, out: str, params: Any, metadata: list[str] | None = None
+) -> dict[str, Any]:
+    """`params`: params.yaml's ingest section (the column map and separator of the source).
+    `metadata`: the item/user metadata files it names, hashed by content like `path`, so a
+    changed items file reruns ingest instead of returning the cached result."""
     return ingest(
         source=source,
         path=Path(path),
         out_dir=Path(out),
         columns=column_map(params.columns),
         sep=params.sep,
+        items=params.items,
+        users=params.users,
     )
 
 
 @task(name="validate", **NO_PERSIST)
 @cached_stage("interim", out="out")
-def validate_task(interim: str, out: str, params: Any) -> dict[str, Any]:
+def validate_task(
+    interim: str, out: str, params: Any, kcore: list[int] | None = None
+) -> dict[str, Any]:
+    """kcore: features' [min_user_interactions, min_item_interactions], for the warnings that
+    say what the k-core filter will drop."""
     from tasks.validate import validate  # heavy (Great Expectations): imported when it runs
 
-    return validate(interim_dir=Path(interim), out_dir=Path(out), params=params)
+    thresholds = (int(kcore[0]), int(kcore[1])) if kcore else None
+    return validate(interim_dir=Path(interim), out_dir=Path(out), params=params, kcore=thresholds)
 
 
 @task(name="features", **NO_PERSIST)
@@ -235,6 +248,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "| --- |" + " --- |" * len(TRAIN_COLUMNS),
         ]
         for model, metrics in summary["train"].items():
+            if "skipped" in metrics:
+                lines.append(f"| {model} | skipped: {metrics['skipped']} |")
+                continue
             cells = [_cell(metrics.get(key)) for key in TRAIN_COLUMNS]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -265,11 +281,18 @@ def _ingest_and_validate(
         staged = _stage_incoming(incoming, raw, source)
         summary["incoming"] = staged
         raw = staged["candidate"] or raw
-    summary["ingest"] = run_stage(ingest_task, source, raw, params.ingest.out, params.ingest)
+    metadata = [m.path for m in (params.ingest.items, params.ingest.users) if m.path]
+    summary["ingest"] = run_stage(
+        ingest_task, source, raw, params.ingest.out, params.ingest, metadata
+    )
     logger.info("ingest wrote %s", params.ingest.out)
     try:
         summary["validate"] = run_stage(
-            validate_task, params.ingest.out, params.validate.out, params.validate
+            validate_task,
+            params.ingest.out,
+            params.validate.out,
+            params.validate,
+            [params.features.min_user_interactions, params.features.min_item_interactions],
         )
     except ValidationFailed as exc:
         _publish_validation(params)
@@ -416,6 +439,19 @@ def train_runner(train: TrainParams) -> Any:
     )
 
 
+def skipped_models(models: tuple[str, ...], features: str) -> dict[str, str]:
+    """Models the features cannot train, each with the one-line reason training would give
+    (content_based without item metadata): the flow skips them instead of failing the run."""
+    available = available_data(features)
+    reasons = {}
+    for model in models:
+        missing = sorted(model_spec(model).required() - available)
+        if missing:
+            what = " and ".join(NEED_TEXT[need] for need in missing)
+            reasons[model] = f"model {model} needs {what}; the features have none"
+    return reasons
+
+
 @flow(name="train-models", log_prints=True, persist_result=False)
 def train_models(params: Any) -> dict[str, dict[str, Any]]:
     """Every model of train.models on every evaluation protocol: {protocol: {model: metrics}}.
@@ -424,9 +460,16 @@ def train_models(params: Any) -> dict[str, dict[str, Any]]:
     side by side; without one they run in turn. Each writes only its own models/ folder.
     """
     logger = get_run_logger()
-    jobs = [(m, p) for p in params.evaluate.protocols for m in params.train.models]
+    skipped = skipped_models(params.train.models, params.features.out)
+    for model, reason in skipped.items():
+        logger.warning("%s skipped: %s", model, reason)
+    models = [m for m in params.train.models if m not in skipped]
+    jobs = [(m, p) for p in params.evaluate.protocols for m in models]
     parallel = params.train.parallel != "none"
-    results: dict[str, dict[str, Any]] = {protocol: {} for protocol in params.evaluate.protocols}
+    results: dict[str, dict[str, Any]] = {
+        protocol: {m: {"skipped": reason} for m, reason in skipped.items()}
+        for protocol in params.evaluate.protocols
+    }
     pending = []
     for model, protocol in jobs:
         out = str(model_dir(params.train.out, model, protocol))

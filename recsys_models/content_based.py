@@ -96,4 +96,5 @@ SPEC = ModelSpec(
     export=SCORE_GRAPH,
     fit=fit,
     needs=frozenset({ITEM_FEATURES}),
+    requires=frozenset({ITEM_FEATURES}),  # without metadata its scores are popularity's
 )

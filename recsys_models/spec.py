@@ -21,6 +21,12 @@ RATINGS = "ratings"
 ITEM_FEATURES = "item_features"
 USER_FEATURES = "user_features"
 NEEDS = (RATINGS, ITEM_FEATURES, USER_FEATURES)
+# How a missing need is named in the one-line refusal and the flow's skip reason.
+NEED_TEXT = {
+    RATINGS: "ratings on every training row",
+    ITEM_FEATURES: "item metadata (genres, categories or other item columns)",
+    USER_FEATURES: "user metadata",
+}
 
 # How the export stage turns the model into what the server runs (tasks/export.py):
 SCORE_VECTOR = "score_vector"  # the same scores for everyone: a stored vector, no graph
@@ -52,11 +58,20 @@ class ModelSpec:
     fit: Callable[[Any, Any, int], Any] | None = None
     build: Callable[[Any, Any, int], Any] | None = None
     needs: frozenset[str] = field(default_factory=frozenset)
+    # The needs it cannot do without: training is refused (the flow skips the model) when the
+    # features lack one. A need not in `requires` is used where present, missed otherwise
+    # (two_tower without metadata still has its id embeddings; content_based has nothing).
+    requires: frozenset[str] = field(default_factory=frozenset)
     uses_history: bool = True
     item_vectors: str | None = None
     # (module) -> (user vectors [U+1, d], item vectors [I+1, d]) whose dot product is the score:
     # for a model scored by user id alone, what export builds the ANN index from.
     dot_vectors: Callable[[Any], tuple[Any, Any]] | None = None
+
+    def required(self) -> frozenset[str]:
+        """What training refuses to go without: `requires`, and ratings wherever they are
+        needed (a rating model has nothing to fit without them)."""
+        return frozenset(self.requires) | (frozenset(self.needs) & {RATINGS})
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -70,3 +85,5 @@ class ModelSpec:
         unknown = set(self.needs) - set(NEEDS)
         if unknown:
             raise ValueError(f"model {self.name}: unknown needs {sorted(unknown)}")
+        if not set(self.requires) <= set(self.needs):
+            raise ValueError(f"model {self.name}: requires must be a subset of needs")

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 import yaml
 
+from recsys_models import spec
 from recsys_models.data import FeatureData
 from tasks.errors import RecsysError
 from tasks.io import file_sha256, recover
@@ -59,6 +60,31 @@ def raw_md5(dvc_file: Path) -> str | None:
         return outs[0].get("md5")
     except (OSError, yaml.YAMLError, AttributeError, IndexError, TypeError):
         return None
+
+
+def available_data(features_dir: str | Path) -> frozenset[str]:
+    """Which of the models' needs (recsys_models/spec.py) the features hold, from the manifest
+    and one column of the training split, so the flow can skip a model that requires what is
+    absent without loading any array."""
+    folder = Path(features_dir)
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        ratings = pl.scan_parquet(folder / "loo" / "train.parquet").select(
+            pl.len(), pl.col("rating").null_count()
+        )
+        rows, null_ratings = ratings.collect().row(0)
+    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+        raise RecsysError(f"{path}: cannot read the features ({exc})") from exc
+    have = set()
+    items = manifest.get("item_features") or {}
+    if items.get("genres") or items.get("year_buckets"):
+        have.add(spec.ITEM_FEATURES)
+    if (manifest.get("user_features") or {}).get("columns"):
+        have.add(spec.USER_FEATURES)
+    if rows and not null_ratings:
+        have.add(spec.RATINGS)
+    return frozenset(have)
 
 
 def load_features(features_dir: str | Path, protocol: str = "loo") -> FeatureData:

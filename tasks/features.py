@@ -32,6 +32,7 @@ import polars as pl
 
 from tasks.errors import RecsysError
 from tasks.io import dir_hashes, file_sha256, staged_dir, write_json, write_parquet
+from tasks.kcore import kcore_losses, kcore_mask
 from tasks.params import FeaturesParams, as_dict
 from tasks.schema import (
     INTERACTIONS,
@@ -47,12 +48,13 @@ from tasks.sequences import padded_tail, rank_from_end
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-VALIDATION_SUMMARY = "summary.json"
+VALIDATED_FILE = "validated.json"  # tasks/validate.py writes it; stages never import each other
 
 TRAIN, VAL, TEST = 0, 1, 2
 SPLITS = {"train": TRAIN, "val": VAL, "test": TEST}
 SPLIT_COLUMNS = ["user_idx", "item_idx", "timestamp", "rating"]
 DEDUPE_KEY = ["u", "i", "timestamp", "rating"]  # the four canonical columns, ids as codes
+NUMERIC_BINS = 5  # a numeric metadata column becomes this many quantile-bin tags
 # Padded-sequence arrays alive at once in _write_sequences: the train and the test inputs.
 SEQUENCE_ARRAYS = 2
 
@@ -133,6 +135,7 @@ def build_features(
         "items": n_items,
         "duplicates_removed": counts["duplicates_removed"],
         "kcore_rows_removed": counts["kcore_rows_removed"],
+        "kcore_dropped": _kcore_brief(counts["kcore"]),
         "loo": counts["loo"],
         "temporal": {**temporal_sizes, "val_start": val_start, "test_start": test_start},
     }
@@ -174,8 +177,19 @@ def clean_interactions(
         "duplicates_removed": raw_rows - coded.height,
         "kcore_rows_removed": coded.height - frame.height,
         "kcore_rounds": rounds,
+        # what the filter cost, so a run on sparse data says how much of the catalogue it lost
+        "kcore": kcore_losses(users, items, keep),
     }
     return frame, user_map, item_map, counts
+
+
+def _kcore_brief(losses: dict[str, Any]) -> str:
+    """One line for the CLI: `12 rows (0.5%), 3 users (1.0%), 40 items (2.4% of the catalogue)`."""
+    parts = [
+        f"{losses[f'{name}_removed']} {name} ({100 * losses[f'{name}_share']:.1f}%{tail})"
+        for name, tail in (("rows", ""), ("users", ""), ("items", " of the catalogue"))
+    ]
+    return ", ".join(parts)
 
 
 def _check_params(params: FeaturesParams) -> None:
@@ -225,19 +239,29 @@ def _size(size: int) -> str:
 
 
 def check_validation(interim_dir: Path, validation_dir: Path, input_hashes: dict) -> None:
-    """Refuse to build from data the validate stage has not passed in exactly this version."""
-    path = validation_dir / VALIDATION_SUMMARY
+    """Refuse to build from data the validate stage has not passed in exactly this version.
+
+    Reads validated.json, the validate stage's stable record (input hashes, verdict, warnings;
+    no clock, no drift figures), so `dvc repro` reruns features only when the data changed.
+    """
+    path = validation_dir / VALIDATED_FILE
+    if not path.is_file() and (validation_dir / "summary.json").is_file():
+        # validate writes validated.json only when it passes; its report stays beside it
+        raise RecsysError(
+            f"{path}: not found: validation did not pass (see {validation_dir / 'summary.json'}); "
+            "fix the data and rerun validate"
+        )
     if not path.is_file():
         raise RecsysError(
             f"{path}: not found; run `recsys validate` first (or pass --skip-validation-check)"
         )
     try:
-        summary = json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise RecsysError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(summary, dict) or summary.get("success") is not True:
-        raise RecsysError(f"{path}: validation did not succeed; fix the data and rerun validate")
-    recorded = summary.get("input_hashes")
+    if not isinstance(record, dict) or record.get("verdict") != "passed":
+        raise RecsysError(f"{path}: validation did not pass; fix the data and rerun validate")
+    recorded = record.get("input_hashes")
     if recorded != input_hashes:
         recorded = recorded if isinstance(recorded, dict) else {}
         changed = sorted(
@@ -288,25 +312,6 @@ def encode_ids(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFra
         df = df.join(ids, on=column, how="left", maintain_order="left").drop(column)
         tables.append(ids)
     return df, tables[0], tables[1]
-
-
-def kcore_mask(
-    users: np.ndarray, items: np.ndarray, min_user: int, min_item: int
-) -> tuple[np.ndarray, int]:
-    """Rows kept by the k-core filter, and how many rounds it took to reach the fixed point.
-
-    One round is not enough: dropping a rare item can push a user below the threshold.
-    """
-    keep = np.ones(len(users), dtype=bool)
-    rounds = 0
-    while True:
-        rounds += 1
-        user_counts = np.bincount(users[keep], minlength=int(users.max()) + 1)
-        item_counts = np.bincount(items[keep], minlength=int(items.max()) + 1)
-        new = keep & (user_counts[users] >= min_user) & (item_counts[items] >= min_item)
-        if new.sum() == keep.sum():
-            return keep, rounds
-        keep = new
 
 
 def contiguous_map(
@@ -417,13 +422,16 @@ def _write_item_features(
         items = conform_items(items)
     except pl.exceptions.PolarsError as exc:
         raise RecsysError(f"{path}: wrong column types ({_first_line(exc)})") from exc
-    catalog = item_map.join(items, on="item_id", how="left", maintain_order="left").select(
-        "item_idx", *ITEMS
-    )
+    joined = item_map.join(items, on="item_id", how="left", maintain_order="left")
+    extras = [name for name in items.columns if name not in ITEMS]
+    tags = _feature_tags(joined, extras)
+    # The served catalogue's genres are the item's tags, so a genre filter on any tag of
+    # genres.json (a brand, an S3-Rec attribute) finds the items that have it.
+    catalog = joined.with_columns(tags["genres"]).select("item_idx", *ITEMS)
     write_parquet(catalog, folder / "items.parquet")
     n_rows = item_map.height + 1
 
-    genres, vocab = genre_multi_hot(catalog, n_rows)
+    genres, vocab = genre_multi_hot(tags, n_rows)
     _save_npy(genres, folder / "genres.npy")
     write_json(vocab, folder / "genres.json")
 
@@ -436,9 +444,48 @@ def _write_item_features(
     return {
         "with_metadata": int(item_map["item_id"].is_in(items["item_id"].implode()).sum()),
         "genres": len(vocab),
+        # genres.npy's columns come from these: genres as they are, the others as
+        # "column=value" (numbers as "column=q1".."q{NUMERIC_BINS}", their quantile bins)
+        "columns": ["genres", *extras],
         "year_buckets": year_info["n_buckets"],
         "popularity": "interaction counts in loo/train.parquet",
     }
+
+
+def _feature_tags(joined: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
+    """item_idx and `genres`: every categorical value of the item as one tag list, so any
+    metadata (an S3-Rec attribute list, a brand, a price) becomes columns of the item feature
+    tensor, not only MovieLens genres. genres keep their names (the serving filters and the
+    diversity metric use them); other columns tag as "column=value", numbers by quantile bin.
+    """
+    tags = [pl.col("genres").fill_null(pl.lit([], dtype=pl.List(pl.String)))]
+    for name in extras:
+        dtype = joined.schema[name]
+        if dtype.is_numeric():
+            tags.append(_quantile_tags(joined[name]))
+            continue
+        values = pl.col(name) if isinstance(dtype, pl.List) else pl.concat_list(pl.col(name))
+        values = values.cast(pl.List(pl.String)).list.eval(pl.lit(f"{name}=") + pl.element())
+        tags.append(values.fill_null(pl.lit([], dtype=pl.List(pl.String))))
+    if len(tags) == 1:
+        return joined.select("item_idx", "genres")
+    merged = pl.concat_list(tags).list.eval(pl.element().drop_nulls()).alias("genres")
+    return joined.select("item_idx", merged)
+
+
+def _quantile_tags(values: pl.Series) -> pl.Expr:
+    """A number column as one tag per item, its quantile bin: "price=q1" .. "price=q5"."""
+    numbers = values.cast(pl.Float64)
+    known = numbers.drop_nulls().drop_nans()
+    if known.len() == 0:
+        return pl.lit([], dtype=pl.List(pl.String))
+    edges = np.unique(np.quantile(known.to_numpy(), np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
+    bins = np.searchsorted(edges, numbers.fill_nan(None).to_numpy(), side="right") + 1
+    labels = [
+        None if v is None else f"{values.name}=q{b}"
+        for v, b in zip(numbers.fill_nan(None).to_list(), bins.tolist(), strict=True)
+    ]
+    return pl.concat_list(pl.lit(pl.Series(labels, dtype=pl.String)))
 
 
 def genre_multi_hot(catalog: pl.DataFrame, n_rows: int) -> tuple[np.ndarray, list[str]]:
@@ -504,6 +551,15 @@ def _categorical_codes(values: pl.Series, path: Path) -> tuple[np.ndarray, list[
         age = values.to_numpy().astype(np.float64)
         codes = 1 + np.searchsorted(AGE_EDGES, age, side="right")
         return np.where(np.isnan(age), 0, codes), AGE_LABELS
+    if values.dtype.is_float():  # a measured number (ingest.users.columns.numeric): binned
+        numbers = values.fill_nan(None).to_numpy().astype(np.float64)
+        known = numbers[~np.isnan(numbers)]
+        if known.size == 0:
+            return np.zeros(len(numbers), dtype=np.int64), []
+        edges = np.unique(np.quantile(known, np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
+        codes = 1 + np.searchsorted(edges, numbers, side="right")
+        labels = [f"q{k}" for k in range(1, len(edges) + 2)]
+        return np.where(np.isnan(numbers), 0, codes), labels
     try:
         text = values.cast(pl.String)
     except pl.exceptions.PolarsError as exc:

@@ -16,8 +16,9 @@ import polars as pl
 
 from tasks.errors import RecsysError
 from tasks.io import staged_dir, write_parquet
+from tasks.metadata import describe, read_items, read_users
 from tasks.movielens import read_movielens
-from tasks.params import TIME_UNITS, ColumnsParams
+from tasks.params import TIME_UNITS, ColumnsParams, MetadataParams
 from tasks.readers import (
     Tables,
     check_columns,
@@ -82,23 +83,39 @@ def ingest(
     out_dir: Path,
     columns: ColumnMap | None = None,
     sep: str | None = None,
+    items: MetadataParams | None = None,
+    users: MetadataParams | None = None,
 ) -> dict[str, Any]:
-    """Read `path` as `source` and replace `out_dir` with the canonical tables, all or nothing."""
+    """Read `path` as `source` and replace `out_dir` with the canonical tables, all or nothing.
+
+    items/users: params.yaml's ingest.items / ingest.users, metadata files for the csv,
+    parquet and seq sources (a MovieLens source brings its own).
+    """
     path, out_dir = Path(path), Path(out_dir)
     columns = columns or ColumnMap()
     _check_options(source, columns, sep)
-    if not path.exists():
-        raise RecsysError(f"{path}: no such file or folder")
+    metadata = {k: m for k, m in (("items", items), ("users", users)) if m and m.path}
+    if metadata and source in MOVIELENS_SOURCES:
+        raise RecsysError(
+            f"ingest.{next(iter(metadata))}.path: {source} brings its own metadata; "
+            "metadata files apply to csv, parquet and seq sources"
+        )
+    for given in [path, *(Path(str(m.path)) for m in metadata.values())]:
+        if not given.exists():
+            raise RecsysError(f"{given}: no such file or folder")
     tables = _read(source, path, columns, sep)
     interactions = conform_interactions(tables.interactions)
     if interactions.height == 0:
         raise RecsysError(f"{path}: no interactions found")
+    item_table = read_items(metadata["items"]) if "items" in metadata else tables.items
+    user_table = read_users(metadata["users"]) if "users" in metadata else tables.users
     outputs = {INTERACTIONS_FILE: interactions}
-    if tables.items is not None:
-        outputs[ITEMS_FILE] = conform_items(tables.items)
-    if tables.users is not None:
-        outputs[USERS_FILE] = tables.users.with_columns(pl.col(USER_ID).cast(pl.String))
-    with staged_dir(out_dir, [path], owned=INTERACTIONS_FILE) as tmp:
+    if item_table is not None:
+        outputs[ITEMS_FILE] = conform_items(item_table)
+    if user_table is not None:
+        outputs[USERS_FILE] = user_table.with_columns(pl.col(USER_ID).cast(pl.String))
+    inputs = [path, *(Path(str(m.path)) for m in metadata.values())]
+    with staged_dir(out_dir, inputs, owned=INTERACTIONS_FILE) as tmp:
         for name, frame in outputs.items():
             write_parquet(frame, tmp / name)
     return {
@@ -109,6 +126,8 @@ def ingest(
         "users": interactions["user_id"].drop_nulls().n_unique(),
         "items": interactions["item_id"].drop_nulls().n_unique(),
         "files": list(outputs),
+        "item_metadata": describe(outputs.get(ITEMS_FILE)),
+        "user_metadata": describe(outputs.get(USERS_FILE)),
     }
 
 
@@ -181,7 +200,9 @@ def read_parquet_source(file: Path, columns: ColumnMap) -> Tables:
 
 
 def read_seq(file: Path) -> Tables:
-    """`user item [item ...]` per line, whitespace-separated, lines and items in time order.
+    """`user item [item ...]` per line, whitespace-separated, lines and items in time order:
+    both the `user item` pair form and the one-user-per-line form of the S3-Rec/FMLP-Rec
+    benchmarks (`user item item item ...`), or a mix.
 
     The format has no timestamps, so each interaction gets its global position (from 0):
     monotone within every user, which is all the later stages need.

@@ -30,6 +30,7 @@ from tasks.params import build_config
 WEIGHTS = "weights.pt"
 PREVIOUS = ".weights.pt.previous"  # the old weights while save_model swaps in new ones
 CONFIG = "config.json"
+SKIPPED = "skipped"  # config.json's key for a model the features could not train
 METRICS = "metrics.json"
 TIMING = "timing.json"
 TIMING_KEYS = ("train_seconds",)
@@ -71,13 +72,40 @@ def model_config(name: str, fields: dict[str, Any], where: str, source: str = "p
 
 
 def trained_models(models_root: str | Path, protocol: str) -> list[str]:
-    """The registry's models that have a complete training output for this protocol."""
+    """The registry's models that have a complete training output for this protocol (a
+    skipped model's placeholder, see save_skipped, is none)."""
     return [
         name
         for name in model_names()
         if (model_dir(models_root, name, protocol) / CONFIG).is_file()
         and (model_dir(models_root, name, protocol) / WEIGHTS).is_file()
+        and skipped_reason(model_dir(models_root, name, protocol)) is None
     ]
+
+
+def save_skipped(folder: Path, reason: str, manifest_sha: str) -> None:
+    """What `recsys train --skip-unusable` (dvc.yaml's train stages) leaves for a model these
+    features cannot train (content_based without item metadata): config.json and metrics.json
+    saying why, and an empty weights.pt, because DVC requires every output a stage declares.
+    trained_models and read_record never take it for a model."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "checkpoints").mkdir(exist_ok=True)
+    (folder / "dvclive" / "plots" / "metrics").mkdir(parents=True, exist_ok=True)  # no curve
+    with atomic_path(folder / WEIGHTS) as new_weights:
+        new_weights.write_bytes(b"")
+    record = {SKIPPED: reason, "data": {"manifest_sha256": manifest_sha}}
+    write_json(record, folder / CONFIG)
+    write_json({SKIPPED: reason}, folder / METRICS)
+
+
+def skipped_reason(folder: Path) -> str | None:
+    """The reason a model folder holds a skipped placeholder, None for anything else."""
+    try:
+        record = json.loads((Path(folder) / CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(record[SKIPPED]) if isinstance(record, dict) and SKIPPED in record else None
 
 
 def read_record(folder: Path) -> dict[str, Any]:
@@ -88,7 +116,11 @@ def read_record(folder: Path) -> dict[str, Any]:
         record["model"], record["config"], record["data"]  # noqa: B018 - must exist
     except FileNotFoundError as exc:
         raise RecsysError(f"{path}: missing (train the model first: recsys train)") from exc
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except KeyError as exc:
+        if isinstance(record, dict) and SKIPPED in record:
+            raise RecsysError(f"{path}: not trained: {record[SKIPPED]}") from exc
+        raise RecsysError(f"{path}: not a model config ({exc!r})") from exc
+    except (OSError, ValueError, TypeError) as exc:
         raise RecsysError(f"{path}: not a model config ({exc!r})") from exc
     return record
 

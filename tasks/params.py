@@ -89,6 +89,58 @@ class ColumnsParams:
 
 
 @dataclass(frozen=True)
+class MetadataColumnsParams:
+    """An item or user metadata file's columns. `id` null: item_id (items) or user_id (users).
+
+    Items: `title` a text column, `categories` a multi-valued column (values joined by the
+    file's `list_sep`) that becomes items.parquet's genres, `year` an integer column. Both:
+    `categorical` further columns kept by name (multi-valued where they hold `list_sep`),
+    `numeric` number columns. The features stage turns every categorical and numeric column
+    into the item or user feature tensors, so models use whatever metadata the file has.
+    """
+
+    id: str | None = None
+    title: str | None = None
+    categories: str | None = None
+    year: str | None = None
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+
+    def named(self) -> list[str]:
+        """Every column named, in order (for the missing-column check and duplicates)."""
+        single = [self.id, self.title, self.categories, self.year]
+        return [c for c in single if c is not None] + [*self.categorical, *self.numeric]
+
+    def check(self, where: str, source: str) -> None:
+        for name in ("id", "title", "categories", "year"):
+            value = getattr(self, name)
+            ok = value is None or bool(value.strip())
+            _check(ok, source, f"{where}.{name}", "a column name or null", value)
+        names = self.named()
+        twice = sorted({c for c in names if names.count(c) > 1})
+        _check(not twice, source, where, "free of a column named twice", twice)
+
+
+@dataclass(frozen=True)
+class MetadataParams:
+    """An optional item or user metadata file for csv, parquet and seq sources (MovieLens
+    sources bring their own). path null: none. Formats by suffix: .csv/.tsv/.txt (sep),
+    .parquet, or .json holding {"item": [attribute ids]} as the S3-Rec/FMLP-Rec benchmarks
+    ship it (items only; the attributes become the item's categories)."""
+
+    path: str | None = None
+    sep: str | None = None  # delimited text: the field delimiter (null: "," or tab for .tsv)
+    list_sep: str = "|"  # inside a multi-valued column
+    columns: MetadataColumnsParams = field(default_factory=MetadataColumnsParams)
+
+    def check(self, where: str, source: str) -> None:
+        if self.path is not None:
+            _check(bool(self.path.strip()), source, f"{where}.path", "a path or null", self.path)
+        _check(bool(self.list_sep), source, f"{where}.list_sep", "non-empty text", self.list_sep)
+        self.columns.check(f"{where}.columns", source)
+
+
+@dataclass(frozen=True)
 class IngestParams:
     """The whole source description: what DVC, the Prefect flows and `recsys ingest` read (the
     CLI's flags override it)."""
@@ -98,12 +150,21 @@ class IngestParams:
     out: str = "data/interim"
     sep: str | None = None  # csv only: the field delimiter (null: ",")
     columns: ColumnsParams = field(default_factory=ColumnsParams)
+    items: MetadataParams = field(default_factory=MetadataParams)
+    users: MetadataParams = field(default_factory=MetadataParams)
 
     def check(self, where: str, source: str) -> None:
         # source is checked by the ingest stage, which owns the list of sources
         _check_paths(self, ("path", "out"), where, source)
         _check(self.sep is None or len(self.sep) >= 1, source, f"{where}.sep", "text", self.sep)
         self.columns.check(f"{where}.columns", source)
+        self.items.check(f"{where}.items", source)
+        self.users.check(f"{where}.users", source)
+        for name in ("title", "categories", "year"):
+            value = getattr(self.users.columns, name)
+            _check(
+                value is None, source, f"{where}.users.columns.{name}", "null (items only)", value
+            )
 
 
 @dataclass(frozen=True)

@@ -34,4 +34,7 @@ def conform_interactions(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def conform_items(df: pl.DataFrame) -> pl.DataFrame:
-    return df.select(pl.col(name).cast(dtype) for name, dtype in ITEMS.items())
+    """The canonical item columns with their types first, then any further metadata columns
+    (categorical lists, numbers) as they are: the features stage uses those too."""
+    extras = [name for name in df.columns if name not in ITEMS]
+    return df.select(*(pl.col(name).cast(dtype) for name, dtype in ITEMS.items()), *extras)

@@ -34,7 +34,14 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProg
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.lightning_base import TrainClock
 from recsys_models.metrics import evaluate
-from recsys_models.spec import CLOSED_FORM, ITEM_FEATURES, RATINGS, USER_FEATURES, ModelSpec
+from recsys_models.spec import (
+    CLOSED_FORM,
+    ITEM_FEATURES,
+    NEED_TEXT,
+    RATINGS,
+    USER_FEATURES,
+    ModelSpec,
+)
 from tasks import model_store
 from tasks.errors import RecsysError
 from tasks.feature_store import load_features, manifest_sha256
@@ -43,22 +50,46 @@ from tasks.params import Params, TrainParams
 
 MONITOR = "val_ndcg@10"
 RUN_FILE = "run.json"
+# Where the data a model requires comes from, for the refusal line.
+NEED_HINT = {
+    ITEM_FEATURES: "give an item metadata file in params.yaml ingest.items",
+    USER_FEATURES: "give a user metadata file in params.yaml ingest.users",
+}
 METRIC_KEYS = ("ndcg@5", "ndcg@10", "ndcg@20", "hr@5", "hr@10", "hr@20", "mrr", "users")
 
 
+class Unusable(RecsysError):
+    """The features lack data the model cannot do without (ModelSpec.required)."""
+
+
 def train(
-    model: str, features_dir: Path, out_dir: Path, params: Params, protocol: str = "loo"
+    model: str,
+    features_dir: Path,
+    out_dir: Path,
+    params: Params,
+    protocol: str = "loo",
+    skip_unusable: bool = False,
 ) -> dict[str, Any]:
     """Train (or fit) `model` on the features, write models/<name>/, return its val metrics.
 
     protocol "temporal" trains on the global temporal split instead (tasks/feature_store.py);
     its models go to models/<name>/temporal/ so the evaluation can score both protocols.
+    skip_unusable: where the features lack data the model requires, leave a placeholder that
+    says why (model_store.save_skipped) instead of failing: how `dvc repro` runs every
+    registered model on data that has no item metadata.
     """
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     spec = model_store.spec(model)
     config = model_store.model_config(model, params.train.section(model), f"train.{model}")
     data = load_features(features_dir, protocol)
-    missing = check_needs(spec, data)
+    try:
+        missing = check_needs(spec, data)
+    except Unusable as exc:
+        if not skip_unusable:
+            raise
+        model_store.save_skipped(out_dir, str(exc), manifest_sha256(features_dir))
+        print(f"skipped: {exc}")
+        return {"skipped": str(exc)}
     manifest_sha = manifest_sha256(features_dir)
     lightning.seed_everything(params.seed, workers=True, verbose=False)
     settings = trainer_settings(params)
@@ -95,17 +126,22 @@ def train(
 
 def check_needs(spec: ModelSpec, data: FeatureData) -> list[str]:
     """Refuse, in one line, a model that cannot train on these features (rating models
-    without ratings); return what it will miss where it can train without it (metadata), so the
-    loss of quality is said and recorded, never silent."""
-    if RATINGS in spec.needs and data.train_ratings is None:
-        raise RecsysError(
-            f"model {spec.name} needs ratings on every training row; the features have none"
-        )
-    missing = []
-    if ITEM_FEATURES in spec.needs and not np.asarray(data.item_genres).any():
-        missing.append("item metadata (genres)")
-    if USER_FEATURES in spec.needs and data.user_features is None:
-        missing.append("user metadata")
+    without ratings, content-based without item metadata); return what it will miss where it
+    can train without it, so the loss of quality is said and recorded, never silent."""
+    present = {
+        RATINGS: data.train_ratings is not None,
+        ITEM_FEATURES: bool(
+            np.asarray(data.item_genres).any() or np.asarray(data.item_year_bucket).any()
+        ),
+        USER_FEATURES: data.user_features is not None,
+    }
+    for need in sorted(spec.required()):
+        if not present[need]:
+            raise Unusable(
+                f"model {spec.name} needs {NEED_TEXT[need]}; the features have none"
+                + (f" ({NEED_HINT[need]})" if need in NEED_HINT else "")
+            )
+    missing = [NEED_TEXT[need] for need in sorted(spec.needs) if not present[need]]
     for what in missing:
         print(f"warning: model {spec.name}: the features have no {what}; it ranks without them")
     return missing

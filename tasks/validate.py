@@ -6,6 +6,14 @@ that needs grouping (per-user counts, item membership, duplicates, drift) is agg
 first and handed to Great Expectations as small derived frames. Every verdict still comes from a
 Great Expectations expectation, so the Data Docs show every check that decided the run.
 
+Two severities (DESIGN.md): errors stop the run and name every failed check (missing columns,
+null ids, timestamps out of range, ratings out of range, drift, metadata tables whose keys match
+nothing); facts about the data's shape are warnings with counts (users below the minimum, what the
+k-core filter will drop, duplicates, items without metadata): real logs always have many users
+with one or two interactions, and refusing such a file helps nobody. validated.json holds only
+what is a pure function of the input (file hashes, verdict, warnings), so the features stage can
+depend on it without rerunning whenever the report's clock or drift figures change.
+
 The previous successful run's item-popularity profile is kept in the report folder; the drift
 check compares against it, and only a successful validation replaces it.
 """
@@ -27,6 +35,7 @@ import pyarrow as pa
 from tasks import schema
 from tasks.errors import RecsysError, ValidationFailed
 from tasks.io import dir_hashes, staged_dir, write_json, write_parquet
+from tasks.kcore import kcore_losses, kcore_mask
 from tasks.params import ValidateParams
 
 # Before the import: the variable is read when Great Expectations starts.
@@ -41,12 +50,14 @@ from great_expectations.data_context.types.base import (  # noqa: E402
 
 REFERENCE_FILE = "reference_profile.parquet"
 SUMMARY_FILE = "summary.json"
+VALIDATED_FILE = "validated.json"  # the stable record the features stage checks
 DOCS_DIR = "data_docs"
 DAY_SECONDS = 86_400
 MAX_EXAMPLES = 5
 # Control characters (NUL, tab, newline, ..., DEL) inside an id: a broken export or encoding.
 # Such ids print like clean ones, so "u1\x00" silently becomes a second, phantom user "u1".
 CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
+KCORE_UNITS = ("rows", "users", "items")
 SHOWN_ID_CHARACTERS = 40  # a longer id is cut short in the failure lines
 # Asks GX for counts, a sample of failing values and their row positions, not every failing row.
 RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
@@ -65,6 +76,9 @@ class Batch:
     # Derived columns whose failures are shown as "row N (value)": the value alone (NaN) would
     # not say which row of the input holds it.
     located: tuple[str, ...] = ()
+    # One-row frames of derived figures: the count a warning on a column reports (the
+    # duplicate rows behind duplicate_fraction), where one failing row would say nothing.
+    counts: dict[str, tuple[int, str]] | None = None
 
 
 @dataclass
@@ -81,15 +95,31 @@ class Outcome:
     examples: list[Any]
     unit: str | None
     error: str | None = None
+    severity: str = "error"  # "warning": reported with its count, never fails the run
+    count: int | None = None  # what a warning counts; None: unexpected_count (in `unit`)
+    count_unit: str | None = None  # what `count` counts: "duplicate rows", "rows dropped" ...
+    observed: bool = False  # a check of the whole column (one observed value), not per row
 
     def record(self) -> dict[str, Any]:
         return {
             "table": self.table,
             "expectation": self.expectation,
             "column": self.column,
+            "severity": self.severity,
             "success": self.success,
             "unexpected_count": self.unexpected_count,
             "examples": self.examples,
+        }
+
+    def warning(self) -> dict[str, Any]:
+        """A failed warning as summary.json and validated.json list it: the check and a count."""
+        return {
+            "table": self.table,
+            "column": self.column,
+            "check": f"{self.expectation} {self.bounds}".strip(),
+            "count": self.unexpected_count if self.count is None else self.count,
+            "unit": self.unit or self.count_unit,
+            "line": self.line(),
         }
 
     def line(self) -> str:
@@ -97,15 +127,27 @@ class Outcome:
         shown = ", ".join(str(round(e, 4) if isinstance(e, float) else e) for e in self.examples)
         if self.error:
             detail = f"error: {self.error}"
-        elif self.unit is None:
+        elif self.unit is None or self.observed:
             detail = f"got {shown}"
         else:
             detail = f"{self.unexpected_count} {self.unit}" + (f", e.g. {shown}" if shown else "")
+        if self.count is not None and self.unit is None:
+            detail += f" ({self.count} {self.count_unit})"
         return f"{self.source}: {head}: {detail}"
 
 
-def validate(interim_dir: Path, out_dir: Path, params: ValidateParams) -> dict[str, Any]:
-    """Validate interim_dir's tables, write the report to out_dir, raise if any check failed."""
+def validate(
+    interim_dir: Path,
+    out_dir: Path,
+    params: ValidateParams,
+    kcore: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Validate interim_dir's tables, write the report to out_dir, raise if any error-level
+    check failed; warnings are reported with their counts and let the run go on.
+
+    kcore: the features stage's (min_user_interactions, min_item_interactions), so the report
+    says beforehand what its filter will drop; None leaves those warnings out.
+    """
     interim_dir, out_dir = Path(interim_dir), Path(out_dir)
     paths = _input_paths(interim_dir)
     reference = _read_reference(out_dir / REFERENCE_FILE)
@@ -117,6 +159,7 @@ def validate(interim_dir: Path, out_dir: Path, params: ValidateParams) -> dict[s
     )
     drift = None
     profile = None
+    losses = None
     if usable[schema.INTERACTIONS_FILE]:
         df = _read_parquet(paths[schema.INTERACTIONS_FILE], pl.read_parquet)
         user_counts, profile = _counts(df, "user_id"), _counts(df, "item_id")
@@ -130,36 +173,66 @@ def validate(interim_dir: Path, out_dir: Path, params: ValidateParams) -> dict[s
         }
         if reference is not None:
             drift = _drift(reference, profile, df.height, params)
+        if kcore is not None:
+            losses = _kcore_figures(df, *kcore)
         batches.append(_row_batch(df, params))
         del df  # the pandas view above holds what the row checks need
-        items_path = paths[schema.ITEMS_FILE] if usable.get(schema.ITEMS_FILE) else None
-        batches += _aggregate_batches(user_counts, profile, items_path, figures, drift, params)
+        side = {
+            name: paths[name] for name in (schema.ITEMS_FILE, schema.USERS_FILE) if usable.get(name)
+        }
+        batches += _aggregate_batches(user_counts, profile, side, figures, drift, params, kcore)
+        if losses is not None:
+            batches.append(_kcore_batch(losses))
 
     with staged_dir(out_dir, [interim_dir], owned=SUMMARY_FILE) as stage:
         outcomes = _run_great_expectations(batches, stage / DOCS_DIR)
-        success = all(o.success for o in outcomes)
+        errors = [o for o in outcomes if not o.success and o.severity != "warning"]
+        warnings = [o.warning() for o in outcomes if not o.success and o.severity == "warning"]
+        success = not errors
         if drift is not None:
             drift["success"] = all(o.success for o in outcomes if o.table == "drift")
         summary = {
             "success": success,
             "input_hashes": hashes,
             **figures,
+            "kcore": losses,
+            "errors": [o.line() for o in errors],
+            "warnings": warnings,
             "expectations": [o.record() for o in outcomes],
             "drift": drift,
             "data_docs": str(out_dir / DOCS_DIR / "index.html"),
         }
         write_json(summary, stage / SUMMARY_FILE)
+        if success:
+            stable = {"verdict": "passed", "input_hashes": hashes, "kcore": losses}
+            write_json(stable | {"warnings": warnings}, stage / VALIDATED_FILE)
         _keep_reference(stage / REFERENCE_FILE, profile if success else None, out_dir)
 
-    failed = [o.line() for o in outcomes if not o.success]
-    if failed:
-        raise ValidationFailed(f"{interim_dir} (report: {out_dir / SUMMARY_FILE})", failed)
+    if errors:
+        raise ValidationFailed(
+            f"{interim_dir} (report: {out_dir / SUMMARY_FILE})", [o.line() for o in errors]
+        )
     return {
         **figures,
-        "expectations": f"{len(outcomes)} evaluated, 0 failed",
+        "expectations": f"{len(outcomes)} evaluated, 0 errors, {len(warnings)} warning(s)",
+        "warnings": [w["line"] for w in warnings] or "none",
         "drift": _drift_brief(drift),
         "data_docs": summary["data_docs"],
     }
+
+
+def _kcore_figures(df: pl.DataFrame, min_user: int, min_item: int) -> dict[str, Any]:
+    """What the features stage's k-core filter will drop from this log, computed the way it
+    will: exact duplicates removed first, then the filter to its fixed point."""
+    rows = df.filter(pl.struct(pl.all()).is_first_distinct()).select(
+        users=pl.col("user_id").cast(pl.Categorical).to_physical(),
+        items=pl.col("item_id").cast(pl.Categorical).to_physical(),
+    )
+    rows = rows.drop_nulls()
+    users, items = rows["users"].to_numpy(), rows["items"].to_numpy()
+    keep, _ = kcore_mask(users, items, min_user, min_item)
+    thresholds = {"min_user_interactions": min_user, "min_item_interactions": min_item}
+    return thresholds | kcore_losses(users, items, keep)
 
 
 def _input_paths(interim_dir: Path) -> dict[str, Path]:
@@ -222,12 +295,21 @@ def _schema_batch(name: str, found: dict, expected: dict, exact: bool) -> Batch:
 def _aggregate_batches(
     user_counts: pl.DataFrame,
     profile: pl.DataFrame,
-    items_path: Path | None,
+    side: dict[str, Path],
     figures: dict[str, Any],
     drift: dict[str, Any] | None,
     params: ValidateParams,
+    kcore: tuple[int, int] | None,
 ) -> list[Batch]:
-    batches = [_user_batch(user_counts, params), _item_batch(profile, items_path, params)]
+    min_user, min_item = kcore if kcore is not None else (None, None)
+    batches = [
+        _user_batch(user_counts, params, min_user, side.get(schema.USERS_FILE)),
+        _item_batch(profile, side.get(schema.ITEMS_FILE), params, min_item),
+    ]
+    if schema.ITEMS_FILE in side:
+        batches.append(_item_table_batch(profile, side[schema.ITEMS_FILE]))
+    if schema.USERS_FILE in side:
+        batches.append(_user_table_batch(user_counts, side[schema.USERS_FILE]))
     batches.append(_duplicates_batch(figures, params))
     if drift is not None:
         batches.append(_drift_batch(drift))
@@ -341,37 +423,92 @@ def _id_checks(column: str, params: ValidateParams) -> list[gxe.Expectation]:
     ]
 
 
-def _user_batch(user_counts: pl.DataFrame, params: ValidateParams) -> Batch:
+def _warning(expectation: type[gxe.Expectation], notes: str, **kwargs: Any) -> gxe.Expectation:
+    """A check whose failure is a fact about the data, not a reason to stop: counted in the
+    summary and the Data Docs (its notes say so), never raised."""
+    notes = f"Warning only (the run goes on): {notes}"
+    return expectation(severity="warning", notes=notes, **kwargs)
+
+
+def _user_batch(
+    user_counts: pl.DataFrame,
+    params: ValidateParams,
+    min_user: int | None,
+    users_path: Path | None = None,
+) -> Batch:
+    """One row per user of the log: its count and, where users.parquet exists, whether the
+    user has a row there (a user without one gets no user features: a warning)."""
     counts = user_counts.rename({"interactions": "interactions_per_user"})
-    check = gxe.ExpectColumnValuesToBeBetween(
-        column="interactions_per_user",
-        min_value=params.min_interactions_per_user,
-        notes="one row per user; leave-one-out needs train, validation and test items",
-    )
+    checks = [
+        *_id_checks("user_id", params),
+        _warning(
+            gxe.ExpectColumnValuesToBeBetween,
+            "one row per user; leave-one-out puts users with fewer than 3 interactions in "
+            "training only (validate.min_interactions_per_user)",
+            column="interactions_per_user",
+            min_value=params.min_interactions_per_user,
+        ),
+    ]
+    if min_user is not None:
+        checks.append(
+            _warning(
+                gxe.ExpectColumnValuesToBeBetween,
+                "users below the k-core threshold (features.min_user_interactions), before "
+                "the filter iterates",
+                column="interactions_per_user",
+                min_value=min_user,
+            )
+        )
+    if users_path is not None:
+        known = _read_parquet(users_path, lambda p: pl.read_parquet(p, columns=["user_id"]))
+        known = known.unique().with_columns(pl.lit(True).alias("in_user_table"))
+        counts = counts.join(known, on="user_id", how="left").with_columns(
+            pl.col("in_user_table").fill_null(False)
+        )
+        checks.append(
+            _warning(
+                gxe.ExpectColumnValuesToBeInSet,
+                f"users of the interactions without a row in {schema.USERS_FILE} (no metadata)",
+                column="in_user_table",
+                value_set=[True],
+            )
+        )
     frame = _pandas_view(counts)
-    checks = [*_id_checks("user_id", params), check]
     return Batch(
         "interactions_per_user", schema.INTERACTIONS_FILE, frame, checks, "users", "user_id"
     )
 
 
-def _item_batch(profile: pl.DataFrame, items_path: Path | None, params: ValidateParams) -> Batch:
-    """One row per distinct interaction item: its id, and where the item table exists a flag
-    saying whether the item is in it (the item table's ids never go into the suite itself: a
-    value set of every item id would bloat the suite and the Data Docs)."""
-    frame = profile
+def _item_batch(
+    profile: pl.DataFrame, items_path: Path | None, params: ValidateParams, min_item: int | None
+) -> Batch:
+    """One row per distinct interaction item: its count, and where the item table exists a
+    flag saying whether the item is in it (the item table's ids never go into the suite itself:
+    a value set of every item id would bloat the suite and the Data Docs)."""
+    frame = profile.rename({"interactions": "interactions_per_item"})
     checks = _id_checks("item_id", params)
+    if min_item is not None:
+        checks.append(
+            _warning(
+                gxe.ExpectColumnValuesToBeBetween,
+                "items below the k-core threshold (features.min_item_interactions), before "
+                "the filter iterates",
+                column="interactions_per_item",
+                min_value=min_item,
+            )
+        )
     if items_path is not None:
         known = _read_parquet(items_path, lambda p: pl.read_parquet(p, columns=["item_id"]))
         known = known.unique().with_columns(pl.lit(True).alias("in_item_table"))
-        frame = profile.join(known, on="item_id", how="left").with_columns(
+        frame = frame.join(known, on="item_id", how="left").with_columns(
             pl.col("in_item_table").fill_null(False)
         )
         checks.append(
-            gxe.ExpectColumnValuesToBeInSet(
+            _warning(
+                gxe.ExpectColumnValuesToBeInSet,
+                f"items of the interactions without a row in {schema.ITEMS_FILE} (no metadata)",
                 column="in_item_table",
                 value_set=[True],
-                notes=f"one row per item of the interactions: is it in {schema.ITEMS_FILE}?",
             )
         )
     return Batch(
@@ -384,16 +521,74 @@ def _item_batch(profile: pl.DataFrame, items_path: Path | None, params: Validate
     )
 
 
+def _key_batch(name: str, path: Path, key: str, present: pl.DataFrame, what: str) -> Batch:
+    """A metadata table's keys against the interactions: keys that match none of them are a
+    warning (a catalogue may list items nobody touched yet); a table none of whose keys match
+    is an error (its ids are in another form, say "0042" against "42", or it is the wrong file).
+    """
+    keys = _read_parquet(path, lambda p: pl.read_parquet(p, columns=[key])).unique().sort(key)
+    flag = f"{key}_in_interactions"
+    frame = keys.with_columns(pl.col(key).is_in(present[key].implode()).alias(flag))
+    frame = frame.with_columns(pl.col(flag).cast(pl.Int64).alias(f"{key}s_matching"))
+    checks = [
+        gxe.ExpectColumnSumToBeBetween(
+            column=f"{key}s_matching",
+            min_value=1,
+            notes=f"at least one key of {path.name} must be a {what} of the interactions",
+        ),
+        _warning(
+            gxe.ExpectColumnValuesToBeInSet,
+            f"rows of {path.name} whose {key} is no {what} of the interactions",
+            column=flag,
+            value_set=[True],
+        ),
+    ]
+    unit = f"{what}s"
+    return Batch(name, path.name, _pandas_view(frame), checks, unit, key)
+
+
+def _user_table_batch(user_counts: pl.DataFrame, users_path: Path) -> Batch:
+    return _key_batch("user_table", users_path, "user_id", user_counts, "user")
+
+
+def _item_table_batch(profile: pl.DataFrame, items_path: Path) -> Batch:
+    return _key_batch("item_table", items_path, "item_id", profile, "item")
+
+
 def _duplicates_batch(figures: dict[str, Any], params: ValidateParams) -> Batch:
     frame = pd.DataFrame({"duplicate_fraction": [figures["duplicate_fraction"]]})
-    check = gxe.ExpectColumnValuesToBeBetween(
+    check = _warning(
+        gxe.ExpectColumnValuesToBeBetween,
+        f"{figures['duplicates']} exact duplicate rows of {figures['rows']}; "
+        "the features stage removes them",
         column="duplicate_fraction",
         min_value=0.0,
         max_value=params.max_duplicate_fraction,
-        notes=f"{figures['duplicates']} exact duplicate rows of {figures['rows']}; "
-        "the features stage removes them",
     )
-    return Batch("duplicates", schema.INTERACTIONS_FILE, frame, [check])
+    counts = {"duplicate_fraction": (figures["duplicates"], "duplicate rows")}
+    return Batch("duplicates", schema.INTERACTIONS_FILE, frame, [check], counts=counts)
+
+
+def _kcore_batch(losses: dict[str, Any]) -> Batch:
+    """The shares of rows, users and items the features stage's k-core filter will drop."""
+    frame = pd.DataFrame({f"kcore_{k}_dropped": [losses[f"{k}_share"]] for k in KCORE_UNITS})
+    thresholds = (
+        f"features.min_user_interactions={losses['min_user_interactions']}, "
+        f"min_item_interactions={losses['min_item_interactions']}"
+    )
+    checks = [
+        _warning(
+            gxe.ExpectColumnValuesToBeBetween,
+            f"share of the {unit}{' (the catalogue)' if unit == 'items' else ''} the k-core "
+            f"filter will drop ({thresholds})",
+            column=f"kcore_{unit}_dropped",
+            min_value=0.0,
+            max_value=0.0,
+        )
+        for unit in KCORE_UNITS
+    ]
+    counts = {f"kcore_{k}_dropped": (losses[f"{k}_removed"], k) for k in KCORE_UNITS}
+    return Batch("kcore", schema.INTERACTIONS_FILE, frame, checks, counts=counts)
 
 
 # --- drift against the previous validated version ---------------------------------------------
@@ -507,6 +702,8 @@ def _outcome(batch: Batch, result: Any) -> Outcome:
     info = result.exception_info or {}
     error = info.get("exception_message") if info.get("raised_exception") else None
     details = result.result or {}
+    count, count_unit = (batch.counts or {}).get(kwargs.get("column"), (None, None))
+    severity = getattr(config, "severity", None)
     return Outcome(
         source=batch.source,
         table=batch.name,
@@ -518,6 +715,10 @@ def _outcome(batch: Batch, result: Any) -> Outcome:
         examples=[] if result.success else _examples(batch, kwargs.get("column"), details),
         unit=batch.unit,
         error=error,
+        severity=getattr(severity, "value", severity) or "error",
+        count=count,
+        count_unit=count_unit,
+        observed="observed_value" in details and "unexpected_count" not in details,
     )
 
 

@@ -91,6 +91,17 @@ def test_kcore_iterates_to_a_fixed_point(tmp_path):
     out, summary = build(tmp_path, rows, min_user_interactions=2, min_item_interactions=2)
     assert (summary["users"], summary["items"], summary["rows"]) == (2, 2, 4)
     assert manifest(out)["counts"]["kcore_rounds"] == 3
+    assert manifest(out)["counts"]["kcore"] == {
+        "rows_removed": 2,
+        "rows_share": round(2 / 6, 6),
+        "users_removed": 1,
+        "users_share": round(1 / 3, 6),
+        "items_removed": 1,
+        "items_share": round(1 / 3, 6),
+    }
+    assert summary["kcore_dropped"] == (
+        "2 rows (33.3%), 1 users (33.3%), 1 items (33.3% of the catalogue)"
+    )
     assert set(read(out, "user_map.parquet")["user_id"]) == {"a", "b"}
 
     users = np.array([0, 0, 1, 1, 2, 2])
@@ -319,17 +330,22 @@ def test_validation_check(tmp_path):
     def run():
         return build_features(interim, out, params(), seed=0, validation_dir=reports)
 
-    with pytest.raises(RecsysError, match=r"summary.json: not found"):
+    with pytest.raises(RecsysError, match=r"validated.json: not found"):
         run()
-    write_json({"success": False, "input_hashes": dir_hashes(interim)}, reports / "summary.json")
-    with pytest.raises(RecsysError, match=r"summary.json: validation did not succeed"):
+    record = reports / "validated.json"
+    write_json({"verdict": "failed", "input_hashes": dir_hashes(interim)}, record)
+    with pytest.raises(RecsysError, match=r"validated.json: validation did not pass"):
         run()
     stale = {"interactions.parquet": "0" * 64}
-    write_json({"success": True, "input_hashes": stale}, reports / "summary.json")
+    write_json({"verdict": "passed", "input_hashes": stale}, record)
     with pytest.raises(RecsysError, match=r"interactions.parquet .* changed after validation"):
         run()
     assert not out.exists()
+    # summary.json (times, drift) is not what features reads: only the stable record counts
     write_json({"success": True, "input_hashes": dir_hashes(interim)}, reports / "summary.json")
+    with pytest.raises(RecsysError, match=r"interactions.parquet .* changed after validation"):
+        run()
+    write_json({"verdict": "passed", "input_hashes": dir_hashes(interim)}, record)
     assert run()["rows"] == len(UNIQUE_ROWS)
 
 

@@ -238,5 +238,5 @@ def test_rows_with_nan_ratings_never_reach_features_unvalidated(tmp_path: Path) 
     report = tmp_path / "report"
     with pytest.raises(RecsysError, match="rating_not_finite"):
         validate(interim, report, load_params(tmp_path / "absent.yaml").validate)
-    with pytest.raises(RecsysError, match="validation did not succeed"):
+    with pytest.raises(RecsysError, match="validated.json: not found: validation did not pass"):
         build_features(interim, tmp_path / "features", FeaturesParams(), 0, report)

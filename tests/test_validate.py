@@ -84,12 +84,14 @@ def test_clean_data_passes_and_writes_the_report(tmp_path: Path) -> None:
     result = validate(interim, out, ValidateParams())
 
     assert (result["rows"], result["users"], result["items"], result["duplicates"]) == (24, 6, 6, 0)
-    assert result["expectations"].endswith("0 failed")
+    assert result["expectations"].endswith("0 errors, 0 warning(s)")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["success"] is True
     assert summary["input_hashes"] == dir_hashes(interim)
     assert summary["drift"] is None
     assert all(e["success"] for e in summary["expectations"])
+    assert summary["errors"] == summary["warnings"] == []
+    assert json.loads((out / "validated.json").read_text())["verdict"] == "passed"
     assert {"expectation", "column", "success", "unexpected_count", "examples"} <= set(
         summary["expectations"][0]
     )
@@ -250,14 +252,21 @@ def test_timestamp_out_of_range_fails(tmp_path: Path, when: str) -> None:
     assert line.endswith(f": 1 rows, e.g. {bad}")
 
 
-def test_too_many_duplicates_fail(tmp_path: Path) -> None:
+def warnings_of(out: Path) -> list[dict]:
+    return json.loads((out / "summary.json").read_text())["warnings"]
+
+
+def test_too_many_duplicates_are_a_warning_with_their_count(tmp_path: Path) -> None:
     df = interactions()
     df = pl.concat([df, df.head(3)])  # 3 of 27 rows: 0.111 > 0.05
-    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
-    assert line.startswith(
+    result = validate(write_interim(tmp_path / "i", df), tmp_path / "r", ValidateParams())
+    [warning] = warnings_of(tmp_path / "r")
+    assert warning["line"] == (
         "interactions.parquet: duplicate_fraction expect_column_values_to_be_between [0, 0.05]: "
-        "got 0.111"
+        "got 0.1111 (3 duplicate rows)"
     )
+    assert (warning["count"], warning["unit"]) == (3, "duplicate rows")
+    assert result["warnings"] == [warning["line"]]
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["duplicates"] == 3
 
 
@@ -265,26 +274,140 @@ def test_duplicates_under_the_threshold_pass_but_are_counted(tmp_path: Path) -> 
     df = interactions()
     df = pl.concat([df, df.head(1)])  # 1 of 25 rows: 0.04 <= 0.05
     result = validate(write_interim(tmp_path / "i", df), tmp_path / "r", ValidateParams())
-    assert result["duplicates"] == 1
+    assert result["duplicates"] == 1 and result["warnings"] == "none"
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["duplicates"] == 1
 
 
-def test_item_missing_from_item_table_fails(tmp_path: Path) -> None:
+def test_item_missing_from_item_table_is_a_warning(tmp_path: Path) -> None:
     interim = write_interim(tmp_path / "i", interactions(), item_table(ITEMS[:-1]))
-    line = only_line(failure_lines(interim, tmp_path / "r"))
-    assert line == (
+    validate(interim, tmp_path / "r", ValidateParams())
+    [warning] = warnings_of(tmp_path / "r")
+    assert warning["line"] == (
         "interactions.parquet: in_item_table expect_column_values_to_be_in_set [True]: "
         f"1 items, e.g. {ITEMS[-1]}"
     )
 
 
-def test_user_below_the_minimum_fails(tmp_path: Path) -> None:
-    df = interactions().filter((pl.col("user_id") != "u2") | (pl.col("timestamp") == T0 + 200))
-    line = only_line(failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r"))
+def test_item_table_rows_for_unknown_items_are_a_warning(tmp_path: Path) -> None:
+    interim = write_interim(tmp_path / "i", interactions(), item_table([*ITEMS, "never rated"]))
+    validate(interim, tmp_path / "r", ValidateParams())
+    [warning] = warnings_of(tmp_path / "r")
+    assert (warning["table"], warning["count"], warning["unit"]) == ("item_table", 1, "items")
+    assert warning["line"].endswith("1 items, e.g. never rated")
+
+
+@pytest.mark.parametrize("table", ["items", "users"])
+def test_a_metadata_table_whose_keys_match_nothing_fails(tmp_path: Path, table: str) -> None:
+    interim = write_interim(tmp_path / "i", interactions())
+    if table == "items":  # ids in another form: "0" instead of "i0"
+        item_table([str(k) for k in range(6)]).write_parquet(interim / "items.parquet")
+    else:
+        pl.DataFrame({"user_id": ["1", "2"], "age": [20, 30]}).write_parquet(
+            interim / "users.parquet"
+        )
+    key = "item_id" if table == "items" else "user_id"
+    line = only_line(failure_lines(interim, tmp_path / "r"))
     assert line == (
+        f"{table}.parquet: {key}s_matching expect_column_sum_to_be_between [1, None]: got 0"
+    )
+    assert not (tmp_path / "r" / "validated.json").exists()
+
+
+def test_users_without_a_user_row_are_a_warning(tmp_path: Path) -> None:
+    interim = write_interim(tmp_path / "i", interactions())
+    users = pl.DataFrame({"user_id": ["u0", "u1", "u2", "u3", "u4"], "age": [20] * 5})
+    users.write_parquet(interim / "users.parquet")
+    validate(interim, tmp_path / "r", ValidateParams())
+    [warning] = warnings_of(tmp_path / "r")
+    assert warning["line"] == (
+        "interactions.parquet: in_user_table expect_column_values_to_be_in_set [True]: "
+        "1 users, e.g. u5"
+    )
+
+
+def test_users_below_the_minimum_are_a_warning(tmp_path: Path) -> None:
+    df = interactions().filter((pl.col("user_id") != "u2") | (pl.col("timestamp") == T0 + 200))
+    result = validate(write_interim(tmp_path / "i", df), tmp_path / "r", ValidateParams())
+    assert result["warnings"] == [
         "interactions.parquet: interactions_per_user expect_column_values_to_be_between [3, None]: "
         "1 users, e.g. u2 (1)"
-    )
+    ]
+
+
+def sparse_log(n_users: int = 100, n_items: int = 30) -> pl.DataFrame:
+    """60% of the users have one interaction, the rest ten; items cycle, so all are popular."""
+    rows = []
+    for u in range(n_users):
+        for k in range(1 if u < 0.6 * n_users else 10):
+            rows.append((f"u{u}", f"i{(u * 7 + k) % n_items}", T0 + 1000 * u + k, 4.0))
+    return pl.DataFrame(rows, schema=INTERACTIONS, orient="row")
+
+
+def test_a_log_where_most_users_have_one_interaction_passes_with_warnings(tmp_path: Path) -> None:
+    interim = write_interim(tmp_path / "i", sparse_log())
+    out = tmp_path / "r"
+    result = validate(interim, out, ValidateParams(), kcore=(5, 5))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["success"] is True and summary["errors"] == []
+    by_check = {(w["column"], w["check"]): w for w in summary["warnings"]}
+    below_3 = by_check["interactions_per_user", "expect_column_values_to_be_between [3, None]"]
+    below_5 = by_check["interactions_per_user", "expect_column_values_to_be_between [5, None]"]
+    assert below_3["count"] == below_5["count"] == 60
+    # the k-core filter drops exactly the one-interaction users and their 60 rows
+    assert summary["kcore"] == {
+        "min_user_interactions": 5,
+        "min_item_interactions": 5,
+        "rows_removed": 60,
+        "rows_share": round(60 / 460, 6),
+        "users_removed": 60,
+        "users_share": 0.6,
+        "items_removed": 0,
+        "items_share": 0.0,
+    }
+    rows_dropped = by_check["kcore_rows_dropped", "expect_column_values_to_be_between [0, 0]"]
+    assert (rows_dropped["count"], rows_dropped["unit"]) == (60, "rows")
+    assert "kcore_items_dropped" not in {w["column"] for w in summary["warnings"]}
+    assert len(result["warnings"]) == len(summary["warnings"]) == 4
+    # the Data Docs show the warnings too, marked as such
+    docs = "".join(p.read_text() for p in (out / "data_docs").rglob("*.html"))
+    assert "Warning only (the run goes on)" in docs
+
+
+def test_the_prefect_artifact_lists_warnings_apart_from_failures(tmp_path: Path) -> None:
+    from flows.artifacts import validation_markdown
+
+    out = tmp_path / "r"
+    validate(write_interim(tmp_path / "i", sparse_log()), out, ValidateParams(), kcore=(5, 5))
+    text = validation_markdown(out / "summary.json")
+    assert text.startswith("# Validation: passed")
+    assert "0 failed, 4 warned." in text
+    assert "| interactions_per_user | interactions_per_user | " in text
+    assert "| users | 60 | 0.6000 |" in text
+
+
+def test_validated_json_is_stable_and_holds_only_what_the_input_decides(tmp_path: Path) -> None:
+    interim = write_interim(tmp_path / "i", sparse_log())
+    out = tmp_path / "r"
+    validate(interim, out, ValidateParams(), kcore=(5, 5))
+    first = (out / "validated.json").read_bytes()
+    summary = json.loads((out / "summary.json").read_text())
+    validate(interim, out, ValidateParams(), kcore=(5, 5))  # now with a drift reference
+    assert json.loads((out / "summary.json").read_text())["drift"] is not None
+    assert (out / "validated.json").read_bytes() == first
+    record = json.loads(first)
+    assert set(record) == {"verdict", "input_hashes", "kcore", "warnings"}
+    assert record["verdict"] == "passed" and record["input_hashes"] == dir_hashes(interim)
+    assert record["warnings"] == summary["warnings"]
+
+
+def test_every_failed_error_check_is_named(tmp_path: Path) -> None:
+    df = with_value(interactions(), "user_id", {0: None})
+    df = with_value(df, "rating", {1: 99.0})
+    lines = failure_lines(write_interim(tmp_path / "i", df), tmp_path / "r")
+    assert any("user_id expect_column_values_to_not_be_null" in line for line in lines)
+    assert any("rating expect_column_values_to_be_between [0.5, 5]" in line for line in lines)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["errors"] == lines
 
 
 def validated_once(tmp_path: Path) -> Path:
