@@ -39,7 +39,9 @@ def train(name: str, threads: int, epochs: int, out: Path, features: Path) -> di
     sets = [f"train.max_epochs={epochs}", f"train.patience={epochs}", "train.accelerator=cpu"]
     cmd = [sys.executable, "-m", "cli.main", "train", "--model", name, "--out", str(out)]
     cmd += ["--features", str(features), *[arg for s in sets for arg in ("--set", s)]]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=ROOT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     return json.loads((out / "metrics.json").read_text())
 
 
