@@ -1,5 +1,5 @@
 """Training benchmark on MovieLens-100K: every model trained by the real `recsys train` command,
-then scored on the leave-one-out test split under the full-ranking protocol (DESIGN.md).
+then scored on the leave-one-out test split under the full-ranking protocol (README.md).
 
 Each model trains in its own process (timed by wall clock, peak RSS from os.wait4); test metrics
 are computed afterwards from the saved weights. SASRec's training throughput is reported as

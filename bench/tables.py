@@ -1,7 +1,8 @@
-"""Regenerate the README's benchmark tables (and bench/results/*.md) from the committed JSON.
+"""Regenerate the benchmark tables of README.md and docs/benchmarks.md (and bench/results/*.md)
+from the committed JSON.
 
-Figures pasted by hand drift from the measurements they came from, so every README block
-between
+Figures pasted by hand drift from the measurements they came from, so every block of those
+documents between
 
     <!-- generated: bench/results/<name>.json table=<id> -->
     ...
@@ -35,6 +36,7 @@ OPEN = re.compile(r"^<!-- generated: (?P<source>\S+) table=(?P<table>[\w-]+) -->
 CLOSE = "<!-- /generated -->"
 ANY_OPEN = re.compile(r"^<!-- generated", re.MULTILINE)
 ANY_CLOSE = re.compile(r"^<!-- /generated -->$", re.MULTILINE)
+DOCS = ("README.md", "docs/benchmarks.md")  # the documents whose generated blocks are checked
 
 
 @dataclass(frozen=True)
@@ -127,13 +129,14 @@ def result_markdowns(results: Path) -> dict[Path, str]:
     return expected
 
 
-def differences(readme: Path, root: Path) -> list[str]:
-    """One line per README block or results .md whose text differs from what its JSON gives."""
-    text = readme.read_text()
-    _, changed = regenerate(text, root, readme.name)
-    lines = [
-        f"{readme.name}:{b.line}: generated block {b.name} differs from the JSON" for b in changed
-    ]
+def differences(docs: Path | list[Path], root: Path) -> list[str]:
+    """One line per document block or results .md whose text differs from what its JSON gives."""
+    lines = []
+    for doc in [docs] if isinstance(docs, Path) else docs:
+        _, changed = regenerate(doc.read_text(), root, doc.name)
+        lines += [
+            f"{doc.name}:{b.line}: generated block {b.name} differs from the JSON" for b in changed
+        ]
     for md, want in result_markdowns(root / "bench" / "results").items():
         if not md.is_file() or md.read_text() != want:
             lines.append(f"{md.relative_to(root)} differs from {md.stem}.json")
@@ -147,27 +150,34 @@ def write(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        action="append",
+        help="a document to regenerate (repeatable; default: README.md and docs/benchmarks.md)",
+    )
     parser.add_argument("--root", type=Path, default=ROOT, help="where bench/results/ lies")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 on drift")
     args = parser.parse_args(argv)
+    docs = args.readme or [ROOT / doc for doc in DOCS if (ROOT / doc).is_file()]
     try:
         if args.check:
-            lines = differences(args.readme, args.root)
+            lines = differences(docs, args.root)
             for line in lines:
                 print(line, file=sys.stderr)
             if lines:
                 print("regenerate with: python -m bench.tables", file=sys.stderr)
             return 1 if lines else 0
-        text, changed = regenerate(args.readme.read_text(), args.root, args.readme.name)
-        if changed:
-            write(args.readme, text)
+        for doc in docs:
+            text, changed = regenerate(doc.read_text(), args.root, doc.name)
+            if changed:
+                write(doc, text)
+            for b in changed:
+                print(f"rewrote {doc.name}:{b.line} {b.name}")
         for md, want in result_markdowns(args.root / "bench" / "results").items():
             if not md.is_file() or md.read_text() != want:
                 write(md, want)
                 print(f"rewrote {md.relative_to(args.root)}")
-        for b in changed:
-            print(f"rewrote {args.readme.name}:{b.line} {b.name}")
     except RecsysError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -175,4 +185,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Ranking metrics in batched torch (DESIGN.md evaluation protocol): one implementation for
+"""Ranking metrics in batched torch (the evaluation protocol): one implementation for
 validation (early stopping), evaluation and the sampled protocol.
 
 Every item of the catalogue is scored; padding (item 0) and the items the user interacted with

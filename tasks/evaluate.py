@@ -1,4 +1,4 @@
-"""The evaluate stage: data/features + models/* -> reports/evaluation/ (DESIGN.md protocol).
+"""The evaluate stage: data/features + models/* -> reports/evaluation/ (the README's protocol).
 
 Every trained model is scored on the same test users of each protocol: leave-one-out by time
 (models/<name>/, the primary protocol) and the global temporal split (models/<name>/temporal/).

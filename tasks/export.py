@@ -302,7 +302,8 @@ def _save_items(out: Path, vectors: Any) -> np.ndarray:
 def onnx_export(
     module: Any, args: tuple, path: Path, inputs: list[dict], outputs: list[dict]
 ) -> None:
-    """TorchScript exporter (dynamo=False, STACK_NOTES.md), every "batch"/"seq" axis dynamic.
+    """TorchScript exporter (dynamo=False: torch 2.13's dynamo exporter fails on the attention
+    blocks in strict mode), every "batch"/"seq" axis dynamic.
 
     The wrapper is put in eval mode first: export restores the module's previous mode
     afterwards, and a fresh wrapper is in training mode, which would switch dropout back on in

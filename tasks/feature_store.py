@@ -1,4 +1,4 @@
-"""The feature store: the one way any stage reads data/features/ (DESIGN.md, features stage).
+"""The feature store: the one way any stage reads data/features/ (the features stage's output).
 
 The features stage writes the folder; training, evaluation and export read it only through
 here. Every file read is checked against the sha256 the features stage recorded in
@@ -90,7 +90,7 @@ def available_data(features_dir: str | Path) -> frozenset[str]:
 def load_features(features_dir: str | Path, protocol: str = "loo") -> FeatureData:
     """FeatureData of data/features under one protocol; a bad file is a one-line RecsysError.
 
-    protocol "loo" is leave-one-out by time (DESIGN.md); "temporal" is the global temporal
+    protocol "loo" is leave-one-out by time; "temporal" is the global temporal
     split: training rows are those before the validation cut, validation asks for each user's
     first item after it, and the test targets are every item a user consumed after the test
     cut, with everything before that cut as history (what a model deployed at the cut faces).

@@ -11,7 +11,7 @@ Conventions (the contract for the DataModule, see manifest.json for the sizes):
   items that survive the k-core filter. Source order is the only order every source has.
 - Every interaction table is sorted by user_idx, then timestamp, then original row order, so a
   user's rows read top to bottom are that user's history in time, ties broken by the source.
-- Leave-one-out (DESIGN.md): per user the last interaction is test, the one before validation,
+- Leave-one-out: per user the last interaction is test, the one before validation,
   the rest train; users with fewer than 3 interactions go to train only.
 - Temporal split: one global cut per boundary, at timestamp quantiles; all rows sharing the cut
   timestamp fall on the later side.

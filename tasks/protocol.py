@@ -1,4 +1,5 @@
-"""The evaluation protocol (DESIGN.md): splits, cut-offs, protocol cards and history buckets.
+"""The evaluation protocol (README.md, "Evaluation"): splits, cut-offs, protocol cards and
+history buckets.
 
 Training (early stopping), evaluation and the report all read these from here, so a figure can
 never be computed under one protocol and labelled with another.

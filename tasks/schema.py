@@ -1,4 +1,4 @@
-"""The canonical tables every ingest source produces (DESIGN.md, stage `ingest`).
+"""The canonical tables every ingest source produces (README.md, "Stages and their files").
 
 Ids are strings so that any source's ids (numeric, hashed, text) fit one schema; the features
 stage maps them to contiguous integers.

@@ -444,7 +444,7 @@ def _callback_state(ckpt: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def evaluate_model(net, data, split: str, batch_size: int = 512, accelerator: str = "auto") -> dict:
-    """Full-ranking metrics (DESIGN.md protocol) of a trained model on the val or test split."""
+    """Full-ranking metrics (the evaluation protocol) of a model on the val or test split."""
     return _evaluate(net, data, batch_size, accelerator, split)
 
 

@@ -6,7 +6,7 @@ that needs grouping (per-user counts, item membership, duplicates, drift) is agg
 first and handed to Great Expectations as small derived frames. Every verdict still comes from a
 Great Expectations expectation, so the Data Docs show every check that decided the run.
 
-Two severities (DESIGN.md): errors stop the run and name every failed check (missing columns,
+Two severities: errors stop the run and name every failed check (missing columns,
 null ids, timestamps out of range, ratings out of range, drift, metadata tables whose keys match
 nothing); facts about the data's shape are warnings with counts (users below the minimum, what the
 k-core filter will drop, duplicates, items without metadata): real logs always have many users
