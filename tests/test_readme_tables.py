@@ -1,4 +1,5 @@
-"""The README's benchmark figures are the committed JSON's, rendered by each script's tables().
+"""The benchmark figures of README.md and docs/benchmarks.md are the committed JSON's, rendered
+by each script's tables().
 
 No benchmark runs here: bench.tables re-renders the committed bench/results/*.json and compares.
 """
@@ -21,8 +22,9 @@ GATE_ROW = "| 11 | 0.2% [0.0%, 1.4%] | 11.5% [8.5%, 15.0%] |"
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of the README and bench/results/, so regenerating writes only under tmp_path."""
-    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    """A copy of docs/benchmarks.md (where the tables are) and bench/results/, so regenerating
+    writes only under tmp_path."""
+    shutil.copy(ROOT / "docs" / "benchmarks.md", tmp_path / "benchmarks.md")
     shutil.copytree(ROOT / "bench" / "results", tmp_path / "bench" / "results")
     return tmp_path
 
@@ -42,7 +44,7 @@ def test_every_benchmark_json_has_generated_blocks_in_the_docs() -> None:
 def test_a_hand_edited_figure_fails_the_check_naming_its_block(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    readme = project / "README.md"
+    readme = project / "benchmarks.md"
     original = readme.read_text()
     assert original.count(GATE_ROW) == 1
     readme.write_text(original.replace(GATE_ROW, GATE_ROW.replace("0.2%", "0.3%", 1)))
@@ -65,7 +67,7 @@ def test_a_changed_json_figure_is_flagged_then_regenerated_into_readme_and_md(
     assert f"{sasrec['test']['ndcg@10']:.4f}" == "0.1115"
     sasrec["test"]["ndcg@10"] = 0.11204
     path.write_text(json.dumps(result, indent=2) + "\n")
-    readme = project / "README.md"
+    readme = project / "benchmarks.md"
 
     assert tables.main(["--check", "--readme", str(readme), "--root", str(project)]) == 1
     err = capsys.readouterr().err
@@ -91,18 +93,18 @@ def test_markdown_is_assembled_from_tables_for_every_benchmark() -> None:
 def test_unknown_table_is_a_one_line_error_naming_file_line_and_table(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    readme = project / "README.md"
+    readme = project / "benchmarks.md"
     readme.write_text(
         readme.read_text().replace("gate.json table=power -->", "gate.json table=powr -->")
     )
     assert tables.main(["--check", "--readme", str(readme), "--root", str(project)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "README.md:" in err and "gate.json has no table 'powr'" in err and "power" in err
+    assert "benchmarks.md:" in err and "gate.json has no table 'powr'" in err and "power" in err
 
 
 def test_an_unclosed_block_is_refused(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    readme = project / "README.md"
+    readme = project / "benchmarks.md"
     text = readme.read_text()
     head, _, tail = text.partition("<!-- /generated -->\n")  # drop the first closing marker
     readme.write_text(head + tail)
