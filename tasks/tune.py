@@ -64,9 +64,10 @@ def tune(
             f"model {model}: no search space (SEARCH_SPACE in recsys_models/{model}.py)"
         )
     base = params.train.section(model)
-    model_store.model_config(model, base, f"train.{model}")  # a bad section fails before trial 1
+    current = model_store.model_config(model, base, f"train.{model}")  # fails before trial 1
     data = load_features(features_dir, protocol, with_test=False)
     url = storage_url(storage or t.storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=study_name(model, protocol, features_dir),
         storage=url,
@@ -77,10 +78,13 @@ def tune(
     # Seeded, so a run is repeatable, but offset by the trials already there: a resumed study
     # (or another machine joining it) must not draw the first trials' values again.
     study.sampler = optuna.samplers.TPESampler(seed=(params.seed + len(study.trials)) % 2**32)
+    start_point = {name: getattr(current, name) for name in spec.search_space}
+    if not study.trials and within(start_point, spec.search_space):
+        # The first trial is params.yaml's values: the best found is never worse than them.
+        study.enqueue_trial(start_point)
     objective = _Objective(spec, data, base, params)
     remaining = total - _finished(study)
     if remaining > 0:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(
             objective,
             n_trials=remaining,
@@ -137,6 +141,18 @@ def suggest(trial: optuna.Trial, space: dict[str, Range | Choice]) -> dict[str, 
         else:
             values[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
     return values
+
+
+def within(values: dict[str, Any], space: dict[str, Range | Choice]) -> bool:
+    """Whether every value lies in its field's range or list."""
+    for name, dist in space.items():
+        value = values[name]
+        if isinstance(dist, Choice):
+            if value not in dist.values:
+                return False
+        elif not dist.low <= value <= dist.high or (dist.integer and value != int(value)):
+            return False
+    return True
 
 
 class _Objective:

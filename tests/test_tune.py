@@ -59,7 +59,7 @@ def test_tune_runs_the_trials_and_writes_the_table(features: Path, tmp_path: Pat
     rows = read_rows(out)
     assert [r["trial"] for r in rows] == [0, 1, 2, 3]
     assert all(r["state"] == "complete" and r["seconds"] >= 0 for r in rows)
-    assert set(rows[0]["params"]) == {"k", "shrink", "decay"}
+    assert rows[0]["params"] == {"k": 50, "shrink": 0.0, "decay": 0.5}  # the current values
     values = [r["val_ndcg@10"] for r in rows]
     assert best["best_val_ndcg@10"] == pytest.approx(max(values)) and max(values) > 0
     assert best["best_params"] == rows[values.index(max(values))]["params"]
