@@ -20,6 +20,7 @@ import json
 import math
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from tasks.params import Params, load_params
 MONITOR = "val_ndcg@10"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 OWNED = "trials.json"
+HEARTBEAT_S, GRACE_S = 60, 300  # a running trial's heartbeat; silent this long: failed
 
 
 def tune(
@@ -70,7 +72,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=study_name(model, protocol, features_dir),
-        storage=url,
+        storage=open_storage(url),
         direction="maximize",
         pruner=_pruner(params),
         load_if_exists=True,
@@ -99,6 +101,17 @@ def tune(
 def study_name(model: str, protocol: str, features_dir: Path) -> str:
     """One study per model, protocol and data version (the features manifest's hash)."""
     return f"{model}-{protocol}-{manifest_sha256(features_dir)[:12]}"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's storage with a heartbeat: a trial whose process died (killed, machine lost)
+    stops beating and is marked failed after GRACE_S by the next trial started on the study,
+    so a resumed or shared study never keeps a dead trial "running" for ever."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=min(HEARTBEAT_S, GRACE_S), grace_period=GRACE_S
+        )
 
 
 def storage_url(storage: str) -> str:

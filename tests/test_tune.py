@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import optuna
@@ -15,6 +16,7 @@ import yaml
 from cli import main as cli
 from recsys_models.registry import model_names, model_spec
 from tasks import feature_store
+from tasks import tune as tune_stage
 from tasks.errors import RecsysError
 from tasks.params import FeaturesParams, load_params
 from tasks.tune import apply_best, storage_url, study_name, tune
@@ -80,6 +82,24 @@ def test_a_second_call_on_the_same_storage_continues_the_study(features: Path, t
     assert len({json.dumps(r["params"]) for r in rows}) == 5  # the rerun draws new values
     tune("ease", features, tmp_path / "c", params, 5, storage)  # already at the total
     assert read_rows(tmp_path / "c") == rows
+
+
+def test_a_trial_whose_process_died_is_failed_on_resume(
+    features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(tune_stage, "GRACE_S", 1)
+    url = storage_url(str(tmp_path / "study.db"))
+    storage = tune_stage.open_storage(url)
+    study = optuna.create_study(study_name=study_name("ease", "loo", features), storage=storage)
+    dead = study.ask()  # a trial started, then its process was killed: its heartbeat stops
+    storage.record_heartbeat(dead._trial_id)
+    deadline = time.monotonic() + 60
+    while not storage._get_stale_trial_ids(study._study_id):  # wait until it is overdue
+        assert time.monotonic() < deadline, "the heartbeat never went stale"
+        time.sleep(0.1)
+    tune("ease", features, tmp_path / "out", params_for(tmp_path), 2, url)
+    rows = read_rows(tmp_path / "out")
+    assert [r["state"] for r in rows] == ["fail", "complete", "complete"]
 
 
 def test_a_trailing_trial_is_pruned_by_the_callback(features: Path, tmp_path: Path):
