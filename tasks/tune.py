@@ -94,7 +94,7 @@ def tune(
             callbacks=[optuna.study.MaxTrialsCallback(total, states=FINISHED)],
             catch=(RecsysError,),
         )
-    summary = write_results(study, model, out_dir, _shown(url), base)
+    summary = write_results(study, model, out_dir, _shown(url), start_point)
     return summary
 
 
@@ -283,9 +283,10 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 def write_results(
-    study: optuna.Study, model: str, out_dir: Path, storage: str, base: dict[str, Any]
+    study: optuna.Study, model: str, out_dir: Path, storage: str, current: dict[str, Any]
 ) -> dict[str, Any]:
-    """best.json, trials.json and trials.md under out_dir, swapped in as one folder."""
+    """best.json, trials.json and trials.md under out_dir, swapped in as one folder;
+    `current`: the searched fields' values in params.yaml now, shown beside the best."""
     rows = trial_rows(study)
     complete = [r for r in rows if r["state"] == "complete"]
     if not complete:
@@ -300,7 +301,7 @@ def write_results(
         "best_trial": best.number,
         "best_val_ndcg@10": round(float(best.value), 6),
         "best_params": dict(best.params),
-        "params_before": {k: base.get(k) for k in best.params},
+        "params_now": {k: current.get(k) for k in best.params},
         "trials": {state: sum(r["state"] == state for r in rows) for state in _states(rows)},
     }
     with staged_dir(out_dir, owned=OWNED) as tmp:
