@@ -16,11 +16,14 @@ one unit; apply_best() writes the best values into params.yaml's `train.<model>`
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import re
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -203,25 +206,43 @@ class _Objective:
             raise RecsysError(f"model {self.spec.name}: {exc}") from exc
         t, train = self.params.tune, self.params.train
         reporter = PruningCallback(trial)
-        trainer = lightning.Trainer(
-            max_epochs=t.max_epochs,
-            accelerator=train.accelerator,
-            devices=1,  # trials run side by side on machines, not one trial across devices
-            precision=_precision(train.precision, train.accelerator),
-            callbacks=[EarlyStopping(monitor=MONITOR, mode="max", patience=t.patience), reporter],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-        )
-        trainer.fit(lit, datamodule=datamodule)
+        with _quiet_lightning():  # its banners (devices, tips), once per trial, are noise
+            trainer = lightning.Trainer(
+                max_epochs=t.max_epochs,
+                accelerator=train.accelerator,
+                devices=1,  # trials run side by side on machines, not one trial across devices
+                precision=_precision(train.precision, train.accelerator),
+                callbacks=[
+                    EarlyStopping(monitor=MONITOR, mode="max", patience=t.patience),
+                    reporter,
+                ],
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+            )
+            trainer.fit(lit, datamodule=datamodule)
         if reporter.pruned:
             raise optuna.TrialPruned(f"val NDCG@10 {reporter.last:.4f} at epoch {reporter.epoch}")
         if reporter.best is None:
             raise RecsysError(f"model {self.spec.name}: no validation epoch ran")
         trial.set_user_attr("epochs", reporter.epoch + 1)
         return reporter.best
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's info messages off (warnings stay) for the block."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
 
 
 class PruningCallback(lightning.Callback):
