@@ -39,7 +39,7 @@ from recsys_models.spec import CLOSED_FORM, Choice, ModelSpec, Range
 from tasks import model_store
 from tasks.errors import RecsysError
 from tasks.feature_store import load_features, manifest_sha256
-from tasks.io import atomic_path, staged_dir, write_json
+from tasks.io import atomic_path, check_output, staged_dir, write_json
 from tasks.params import Params, load_params
 
 MONITOR = "val_ndcg@10"
@@ -63,6 +63,7 @@ def tune(
     total = trials if trials is not None else t.trials
     if total < 1:
         raise RecsysError(f"--trials must be >= 1, got {total}")
+    check_output(out_dir, [features_dir], OWNED)  # refused now, not after hours of trials
     spec = model_store.spec(model)
     if not spec.search_space:
         raise RecsysError(

@@ -199,3 +199,13 @@ def test_apply_refuses_a_value_the_model_refuses_and_leaves_the_file(tmp_path: P
         apply_best(params_file, "itemknn", {"k": 0})
     assert params_file.read_text() == text
     assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]  # no temporary file left
+
+
+def test_a_foreign_output_folder_is_refused_before_any_trial(features: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    storage = tmp_path / "s.db"
+    with pytest.raises(RecsysError, match="did not write"):
+        tune("itemknn", features, out, params_for(tmp_path), 2, str(storage))
+    assert not storage.exists() and (out / "notes.txt").read_text() == "mine"
