@@ -175,6 +175,27 @@ def cmd_train(args: argparse.Namespace) -> None:
     print_wrote(out)
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from tasks.tune import apply_best, tune
+
+    params = load_params(args.params, _overrides(args))
+    out = Path(args.out or Path(params.tune.out) / args.model)
+    best = tune(
+        model=args.model,
+        features_dir=Path(args.features or params.features.out),
+        out_dir=out,
+        params=params,
+        trials=args.trials,
+        storage=args.storage,
+        protocol=args.protocol,
+    )
+    print_summary(f"tune {args.model} ({args.protocol} validation split; test withheld)", best)
+    print(f"table: {out / 'trials.md'}")
+    if args.apply:
+        changed = apply_best(Path(args.params), args.model, best["best_params"])
+        print(f"{args.params}: train.{args.model}: set {', '.join(changed)}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from tasks.export import export
 
@@ -493,6 +514,38 @@ def build_parser() -> argparse.ArgumentParser:
         default="loo",
         help="split to train on: leave-one-out (default) or the global temporal split "
         "(written to <model>/temporal/)",
+    )
+    _add_params(p)
+
+    p = add(
+        "tune",
+        cmd_tune,
+        "Search one model's hyper-parameters with Optuna on the validation split (never the "
+        "test split); resumable, its study shareable between machines.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help=f"one of {', '.join(model_names())} (search space: SEARCH_SPACE in its file)",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        help="trials of the study in all; a rerun tops it up (default: params.yaml tune.trials)",
+    )
+    p.add_argument(
+        "--storage",
+        help="Optuna storage: an SQLite file or an RDB URL that several machines share "
+        "(default: params.yaml tune.storage)",
+    )
+    p.add_argument("--features", help="features folder (default: params.yaml features.out)")
+    p.add_argument("--out", help="results folder (default: params.yaml tune.out/<model>)")
+    p.add_argument("--protocol", choices=["loo", "temporal"], default="loo")
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="write the best values into --params' train.<model> section (comments kept)",
     )
     _add_params(p)
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from recsys_models.data import FeatureData
 from recsys_models.itemknn import interaction_matrix
-from recsys_models.spec import CLOSED_FORM, SCORE_GRAPH, ModelSpec
+from recsys_models.spec import CLOSED_FORM, SCORE_GRAPH, Choice, ModelSpec, Range
 
 # Gathered factor rows per block (rows x longest row in the block): 2**14 x factors float32,
 # 4 MiB at 64 factors: small blocks also keep the padding to each block's longest row small.
@@ -42,6 +42,14 @@ class Config:
             raise ValueError("factors and iterations must be >= 1")
         if self.reg <= 0 or self.alpha < 0:
             raise ValueError("reg must be > 0 and alpha >= 0")
+
+
+# What `recsys tune` searches (tasks/tune.py); every other field keeps params.yaml's value.
+SEARCH_SPACE = {
+    "factors": Choice((32, 64, 128)),
+    "reg": Range(1e-3, 1.0, log=True),
+    "alpha": Range(0.1, 40.0, log=True),
+}
 
 
 class ALS(nn.Module):
@@ -132,4 +140,5 @@ SPEC = ModelSpec(
     uses_history=False,
     item_vectors="item_factors",
     dot_vectors=dot_vectors,
+    search_space=SEARCH_SPACE,
 )

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from recsys_models.data import FeatureData, eval_loader, shuffled_batches
 from recsys_models.lightning_base import RankingModule
-from recsys_models.spec import GRADIENT, SCORE_GRAPH, ModelSpec
+from recsys_models.spec import GRADIENT, SCORE_GRAPH, Choice, ModelSpec, Range
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,14 @@ class Config:
             raise ValueError("dim, batch_size and eval_batch_size must be >= 1")
         if self.lr <= 0 or self.l2 < 0 or self.resample_tries < 0:
             raise ValueError("lr must be > 0, l2 and resample_tries >= 0")
+
+
+# What `recsys tune` searches (tasks/tune.py); every other field keeps params.yaml's value.
+SEARCH_SPACE = {
+    "dim": Choice((32, 64, 128)),
+    "lr": Range(1e-3, 3e-2, log=True),
+    "l2": Range(1e-4, 1e-1, log=True),
+}
 
 
 class BPRMF(nn.Module):
@@ -153,4 +161,5 @@ SPEC = ModelSpec(
     uses_history=False,
     item_vectors="item_emb.weight",
     dot_vectors=dot_vectors,
+    search_space=SEARCH_SPACE,
 )

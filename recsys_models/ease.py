@@ -23,7 +23,7 @@ from torch import nn
 
 from recsys_models.data import FeatureData
 from recsys_models.itemknn import interaction_matrix
-from recsys_models.spec import CLOSED_FORM, SCORE_GRAPH, ModelSpec
+from recsys_models.spec import CLOSED_FORM, SCORE_GRAPH, ModelSpec, Range
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,13 @@ class Config:
             raise ValueError(f"l2 must be > 0, got {self.l2}")
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {self.decay}")
+
+
+# What `recsys tune` searches (tasks/tune.py); every other field keeps params.yaml's value.
+SEARCH_SPACE = {
+    "l2": Range(10.0, 10_000.0, log=True),
+    "decay": Range(0.1, 1.0),
+}
 
 
 class EASE(nn.Module):
@@ -117,4 +124,5 @@ SPEC = ModelSpec(
     restore=restore,
     export=SCORE_GRAPH,
     fit=fit,
+    search_space=SEARCH_SPACE,
 )

@@ -22,7 +22,7 @@ from torch import nn
 
 from recsys_models.data import FeatureData
 from recsys_models.sequence_training import NextItemModule, WindowData, check_loss_fields
-from recsys_models.spec import GRADIENT, HISTORY_GRAPH, ModelSpec
+from recsys_models.spec import GRADIENT, HISTORY_GRAPH, Choice, ModelSpec, Range
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,15 @@ class Config:
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
             raise ValueError("lr must be > 0, weight_decay >= 0, dropout in [0, 1)")
         check_loss_fields(self)
+
+
+# What `recsys tune` searches (tasks/tune.py); every other field keeps params.yaml's value.
+SEARCH_SPACE = {
+    "hidden": Choice((32, 64, 128)),
+    "layers": Range(1, 2, integer=True),
+    "dropout": Range(0.0, 0.5),
+    "lr": Range(3e-4, 1e-2, log=True),
+}
 
 
 class GRU4Rec(nn.Module):
@@ -94,4 +103,5 @@ SPEC = ModelSpec(
     restore=restore,
     export=HISTORY_GRAPH,
     build=build,
+    search_space=SEARCH_SPACE,
 )

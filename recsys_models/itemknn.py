@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
-from recsys_models.spec import CLOSED_FORM, NEIGHBOURS, ModelSpec
+from recsys_models.spec import CLOSED_FORM, NEIGHBOURS, ModelSpec, Range
 
 # The dense similarity block cosine_topk holds at once: 2**24 float32 values, 64 MiB.
 BLOCK_VALUES = 1 << 24
@@ -44,6 +44,14 @@ class Config:
             raise ValueError(f"shrink must be >= 0, got {self.shrink}")
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {self.decay}")
+
+
+# What `recsys tune` searches (tasks/tune.py); every other field keeps params.yaml's value.
+SEARCH_SPACE = {
+    "k": Range(10, 400, log=True, integer=True),
+    "shrink": Range(0.0, 50.0),
+    "decay": Range(0.1, 1.0),
+}
 
 
 def interaction_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -142,4 +150,5 @@ SPEC = ModelSpec(
     restore=restore,
     export=NEIGHBOURS,
     fit=fit,
+    search_space=SEARCH_SPACE,
 )

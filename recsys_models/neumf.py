@@ -21,7 +21,7 @@ from torch import nn
 
 from recsys_models.bpr_mf import BPRData, BPRModule
 from recsys_models.data import FeatureData
-from recsys_models.spec import GRADIENT, SCORE_GRAPH, ModelSpec
+from recsys_models.spec import GRADIENT, SCORE_GRAPH, Choice, ModelSpec, Range
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,15 @@ class Config:
             raise ValueError("dim, batch_size, eval_batch_size >= 1 and hidden >= 2")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
             raise ValueError("lr must be > 0, weight_decay >= 0, dropout in [0, 1)")
+
+
+# What `recsys tune` searches (tasks/tune.py); every other field keeps params.yaml's value.
+SEARCH_SPACE = {
+    "dim": Choice((16, 32, 64)),
+    "dropout": Range(0.0, 0.5),
+    "lr": Range(5e-4, 1e-2, log=True),
+    "weight_decay": Range(1e-6, 1e-3, log=True),
+}
 
 
 class NeuMF(nn.Module):
@@ -118,4 +127,5 @@ SPEC = ModelSpec(
     export=SCORE_GRAPH,
     build=build,
     uses_history=False,
+    search_space=SEARCH_SPACE,
 )

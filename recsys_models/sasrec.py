@@ -16,7 +16,7 @@ from torch import nn
 
 from recsys_models.data import FeatureData
 from recsys_models.sequence_training import NextItemModule, WindowData, check_loss_fields
-from recsys_models.spec import GRADIENT, HISTORY_GRAPH, ModelSpec
+from recsys_models.spec import GRADIENT, HISTORY_GRAPH, Choice, ModelSpec, Range
 
 BLOCKS = ("transformer", "ligr")
 
@@ -50,6 +50,16 @@ class Config:
         check_loss_fields(self)
         if self.block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
+
+
+# What `recsys tune` searches (tasks/tune.py); every other field keeps params.yaml's value.
+SEARCH_SPACE = {
+    "hidden": Choice((32, 64, 128)),
+    "blocks": Range(1, 3, integer=True),
+    "dropout": Range(0.0, 0.5),
+    "lr": Range(3e-4, 1e-2, log=True),
+    "weight_decay": Choice((0.0, 1e-5, 1e-4)),
+}
 
 
 class _Block(nn.Module):
@@ -202,4 +212,5 @@ SPEC = ModelSpec(
     restore=restore,
     export=HISTORY_GRAPH,
     build=build,
+    search_space=SEARCH_SPACE,
 )

@@ -38,6 +38,32 @@ EXPORT_FORMS = (SCORE_VECTOR, HISTORY_GRAPH, EMBEDDINGS, SCORE_GRAPH, NEIGHBOURS
 
 
 @dataclass(frozen=True)
+class Range:
+    """A numeric hyper-parameter's search range for `recsys tune` (bounds included); log for
+    scale parameters such as learning rates, integer for counts and widths."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def __post_init__(self):
+        if not self.low < self.high or (self.log and self.low <= 0):
+            raise ValueError(f"Range({self.low}, {self.high}): need low < high (> 0 when log)")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A hyper-parameter searched over a fixed list of values (for `recsys tune`)."""
+
+    values: tuple[Any, ...]
+
+    def __post_init__(self):
+        if len(self.values) < 2:
+            raise ValueError(f"Choice{self.values!r}: needs at least two values")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model as the platform sees it.
 
@@ -67,6 +93,9 @@ class ModelSpec:
     # (module) -> (user vectors [U+1, d], item vectors [I+1, d]) whose dot product is the score:
     # for a model scored by user id alone, what export builds the ANN index from.
     dot_vectors: Callable[[Any], tuple[Any, Any]] | None = None
+    # Config field -> Range or Choice: what `recsys tune` searches (tasks/tune.py); declared
+    # here beside the Config it ranges over, so a renamed field fails at import, not mid-study.
+    search_space: dict[str, Range | Choice] = field(default_factory=dict)
 
     def required(self) -> frozenset[str]:
         """What training refuses to go without: `requires`, and ratings wherever they are
@@ -87,3 +116,7 @@ class ModelSpec:
             raise ValueError(f"model {self.name}: unknown needs {sorted(unknown)}")
         if not set(self.requires) <= set(self.needs):
             raise ValueError(f"model {self.name}: requires must be a subset of needs")
+        fields = getattr(self.config, "__dataclass_fields__", {})
+        strange = sorted(set(self.search_space) - set(fields))
+        if strange:
+            raise ValueError(f"model {self.name}: search_space names no Config field {strange}")

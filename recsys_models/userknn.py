@@ -22,7 +22,7 @@ from torch import nn
 
 from recsys_models.data import FeatureData
 from recsys_models.itemknn import cosine_topk, interaction_matrix, neighbour_count
-from recsys_models.spec import CLOSED_FORM, SCORE_GRAPH, ModelSpec
+from recsys_models.spec import CLOSED_FORM, SCORE_GRAPH, ModelSpec, Range
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,13 @@ class Config:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.shrink < 0:
             raise ValueError(f"shrink must be >= 0, got {self.shrink}")
+
+
+# What `recsys tune` searches (tasks/tune.py); every other field keeps params.yaml's value.
+SEARCH_SPACE = {
+    "k": Range(10, 400, log=True, integer=True),
+    "shrink": Range(0.0, 50.0),
+}
 
 
 class UserKNN(nn.Module):
@@ -122,4 +129,5 @@ SPEC = ModelSpec(
     export=SCORE_GRAPH,
     fit=fit,
     uses_history=False,
+    search_space=SEARCH_SPACE,
 )

@@ -87,38 +87,71 @@ def available_data(features_dir: str | Path) -> frozenset[str]:
     return frozenset(have)
 
 
-def load_features(features_dir: str | Path, protocol: str = "loo") -> FeatureData:
+class WithheldSplit:
+    """Stands in for the test split's arrays where a caller must not read them (tuning): any
+    use of it is a one-line error, so a leak of test data into model selection cannot pass
+    silently."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise RecsysError("the test split is withheld here (hyper-parameter search reads val only)")
+
+    __getitem__ = __len__ = __iter__ = __array__ = __bool__ = _refuse
+
+    def __getattr__(self, name: str) -> Any:
+        self._refuse()
+
+
+def load_features(
+    features_dir: str | Path, protocol: str = "loo", with_test: bool = True
+) -> FeatureData:
     """FeatureData of data/features under one protocol; a bad file is a one-line RecsysError.
 
     protocol "loo" is leave-one-out by time; "temporal" is the global temporal
     split: training rows are those before the validation cut, validation asks for each user's
     first item after it, and the test targets are every item a user consumed after the test
     cut, with everything before that cut as history (what a model deployed at the cut faces).
+
+    with_test False never opens the test split's files (tuning): the test fields hold a
+    WithheldSplit, which refuses any use.
     """
     if protocol not in PROTOCOLS:
         raise RecsysError(f"protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     store = _Checked(Path(features_dir))
     common = store.common()
     if protocol == "temporal":
-        splits = {
-            name: store.table(f"temporal/{name}.parquet") for name in ("train", "val", "test")
-        }
-        return _temporal_data(common, **splits)
+        splits = {name: store.table(f"temporal/{name}.parquet") for name in ("train", "val")}
+        test = store.table("temporal/test.parquet") if with_test else splits["val"].clear()
+        data = _temporal_data(common, **splits, test=test)
+        return data if with_test else _withhold_test(data)
     n_users = common["n_users"]
     rows, seq = (n_users + 1,), (n_users + 1, common["max_seq_len"])
     frame = store.table("loo/train.parquet")
-    return FeatureData(
+    if not with_test:
+        withheld = WithheldSplit()
+        test_input, test_target = withheld, withheld
+    else:
+        test_input = store.array("loo/test_input.npy", seq)
+        test_target = store.array("loo/test_target.npy", rows)
+    data = FeatureData(
         **common,
         train_users=frame["user_idx"].to_numpy().astype(np.int64),
         train_items=frame["item_idx"].to_numpy().astype(np.int64),
         val_input=store.array("loo/val_input.npy", seq),
         val_target=store.array("loo/val_target.npy", rows),
-        test_input=store.array("loo/test_input.npy", seq),
-        test_target=store.array("loo/test_target.npy", rows),
+        test_input=test_input,
+        test_target=test_target,
         item_popularity=store.array("items/popularity.npy", (common["n_items"] + 1,)),
         train_ratings=_ratings(frame),
         train_times=frame["timestamp"].to_numpy().astype(np.int64),
     )
+    return data if with_test else _withhold_test(data)
+
+
+def _withhold_test(data: FeatureData) -> FeatureData:
+    withheld = WithheldSplit()
+    data.test_input = data.test_target = withheld
+    data.test_seen = data.test_target_sets = withheld
+    return data
 
 
 class _Checked:

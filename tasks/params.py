@@ -382,6 +382,40 @@ class ExportParams:
         self.ann.check(f"{where}.ann", source)
 
 
+PRUNERS = ("percentile", "none")
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """`recsys tune`: the hyper-parameter search on the validation split (tasks/tune.py).
+
+    storage: a path is an SQLite file; a URL (postgresql://..., mysql://...) is an Optuna RDB
+    storage that several machines share, each running trials of the same study.
+    """
+
+    out: str = "reports/tune"  # <out>/<model>/: best.json, trials.json, trials.md
+    storage: str = "reports/tune-studies.db"
+    trials: int = 20  # the study's total: a rerun on the same storage tops it up to this
+    max_epochs: int = 50  # per trial (gradient models); early stopping ends most sooner
+    patience: int = 5
+    pruner: str = "percentile"  # stop a trial whose val NDCG@10 trails at the same epoch; none
+    prune_percentile: float = 50.0  # pruned below this percentile of earlier trials (50: median)
+    prune_startup_trials: int = 3  # trials that finish before any is pruned
+    prune_warmup_epochs: int = 2  # epochs of each trial never pruned
+
+    def check(self, where: str, source: str) -> None:
+        _check_paths(self, ("out", "storage"), where, source)
+        for name in ("trials", "max_epochs"):
+            value = getattr(self, name)
+            _check(value >= 1, source, f"{where}.{name}", ">= 1", value)
+        for name in ("patience", "prune_startup_trials", "prune_warmup_epochs"):
+            value = getattr(self, name)
+            _check(value >= 0, source, f"{where}.{name}", ">= 0", value)
+        _check_choice(self.pruner, PRUNERS, f"{where}.pruner", source)
+        pct = self.prune_percentile
+        _check(0 < pct < 100, source, f"{where}.prune_percentile", "in (0, 100)", pct)
+
+
 @dataclass(frozen=True)
 class Params:
     seed: int = 42
@@ -391,16 +425,17 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     export: ExportParams = field(default_factory=ExportParams)
+    tune: TuneParams = field(default_factory=TuneParams)
 
     def check(self, source: str) -> None:
         """Every section's ranges and consistency; the first problem is the error."""
         _check(0 <= self.seed <= MAX_SEED, source, "seed", f"in [0, {MAX_SEED}]", self.seed)
-        for name in ("ingest", "validate", "features", "train", "evaluate", "export"):
+        for name in ("ingest", "validate", "features", "train", "evaluate", "export", "tune"):
             getattr(self, name).check(name, source)
 
 
 # The top-level keys every params file must have: seed, ingest, validate, features, train,
-# evaluate, export.
+# evaluate, export, tune.
 SECTIONS = tuple(f.name for f in dataclasses.fields(Params))
 
 

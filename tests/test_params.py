@@ -57,7 +57,7 @@ def test_an_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     assert one_line_error(path) == (
         f"{path}: is empty; a params file needs the sections "
-        "seed, ingest, validate, features, train, evaluate, export"
+        "seed, ingest, validate, features, train, evaluate, export, tune"
     )
 
 
