@@ -81,10 +81,10 @@ def start_prefect_server(home: Path, log_path: Path) -> tuple[subprocess.Popen, 
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # minutes on a 2-core machine busy with other tests
     while True:
         try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
+            with urllib.request.urlopen(f"{api}/health", timeout=5) as resp:
                 if resp.status == 200:
                     return proc, api
         except OSError:
