@@ -46,6 +46,10 @@ class FeatureData:
     # user. Leave-one-out derives both from the arrays above: one target, seen = train + val.
     test_seen: tuple[np.ndarray, np.ndarray] | None = None
     test_target_sets: tuple[np.ndarray, np.ndarray] | None = None
+    # Pretrained text embeddings of the items (features.text): [I+1, D] float32 unit rows, zero
+    # where item_text_mask [I+1] is False (no text). None when the features have no text.
+    item_text: np.ndarray | None = None
+    item_text_mask: np.ndarray | None = None
 
     def train_offsets(self) -> np.ndarray:
         """indptr of the users' training histories: rows of user u are [off[u], off[u+1])."""
