@@ -9,6 +9,12 @@ Training is in-batch sampled softmax: every other positive of the batch is a neg
 items are over-represented as such negatives, so each logit is corrected by the log of its
 item's sampling probability (logQ correction, Yi et al. 2019); without it the model learns to
 push popular items down and loses exactly the items people watch.
+
+With item text embeddings in the features (pretrained, features.text), the item tower adds a
+learned projection of the frozen text vector (`text_features`). The projection is trained on
+items with interactions and applies to every item with text, so a new item with text but no
+interactions lands near the items its text resembles; its id embedding, which no gradient
+reaches, starts at zero instead of random noise.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class Config:
     recency_decay: float = 0.8  # weight of an item k steps before the latest: decay**k (1 = mean)
     user_features: bool = True  # embed FeatureData.user_features where present
     item_features: bool = True  # genres and year bucket beside the item id
+    text_features: bool = True  # a projection of the item's text embedding, where features have it
     similarity: str = "cosine"  # cosine|dot
     temperature: float = 0.05  # logits = similarity / temperature
     logq_correction: bool = True
@@ -86,6 +93,15 @@ class TwoTower(nn.Module):
         if config.item_features:
             self.genre_proj = nn.Linear(self.genres.shape[1], d, bias=False)
             self.year_emb = nn.Embedding(int(self.year.max()) + 1, d, padding_idx=0)
+        self.use_text = config.text_features and data.item_text is not None
+        if self.use_text:
+            text = torch.as_tensor(data.item_text, dtype=torch.float32).clone()
+            text[~torch.as_tensor(data.item_text_mask, dtype=torch.bool)] = 0.0
+            self.register_buffer("text", text)  # frozen: the encoder is never fine-tuned here
+            self.text_proj = nn.Linear(text.shape[1], d, bias=False)
+            with torch.no_grad():  # items never trained on: their text speaks, not noise
+                untrained = torch.as_tensor(data.item_popularity) == 0
+                self.item_id.weight[untrained] = 0.0
         self.item_mlp = _mlp(d, config.hidden, config.dropout)
 
         # Recency weights, oldest position first, as the left-padded history is laid out.
@@ -110,6 +126,8 @@ class TwoTower(nn.Module):
         x = self.item_id(items)
         if self.config.item_features:
             x = x + self.genre_proj(self.genres[items]) + self.year_emb(self.year[items])
+        if self.use_text:
+            x = x + self.text_proj(self.text[items])
         return self._normalise(x + self.item_mlp(x))
 
     def item_embeddings(self) -> torch.Tensor:
