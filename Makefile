@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate tables serve bench-serve bench-scale prefect clean install-text
+.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate tables serve bench-serve bench-scale bench-text prefect clean install-text
 
 venv: $(STAMP)
 
@@ -109,6 +109,11 @@ bench-classic: data .venv-peers/.installed
 # SCALE_ARGS="--items 1000000 --users 160000 --interactions 20000000" for the issue's size.
 bench-scale: $(STAMP)
 	$(BIN)/python bench/bench_scale.py $(SCALE_ARGS)
+
+# Text embeddings: encoder items/s on this machine, the cache on a re-run, cold items with and
+# without text (bench/results/text.{json,md}); needs the text extra.
+bench-text: $(STAMP)
+	$(BIN)/python bench/bench_text.py
 
 # Random SIGKILLs of features, train and export, then every output checked (reloaded):
 # bench/results/faults.{json,md}.

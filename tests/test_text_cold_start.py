@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from recsys_models import content_based, two_tower
+from recsys_models.data import hide_items
 from tasks import export as export_stage
 from tasks import model_store, text_encoder
 from tasks import train as train_stage
@@ -53,14 +54,8 @@ def cold(features):
     data = load_features(features)
     hidden = np.zeros(data.n_items + 1, dtype=bool)
     hidden[np.random.default_rng(0).permutation(np.arange(1, data.n_items + 1))[::8]] = True
-    keep = ~hidden[data.train_items]
     data = dataclasses.replace(
-        data,
-        train_users=data.train_users[keep],
-        train_items=data.train_items[keep],
-        train_times=None if data.train_times is None else data.train_times[keep],
-        train_ratings=None if data.train_ratings is None else data.train_ratings[keep],
-        item_popularity=np.where(hidden, 0, data.item_popularity).astype(np.float32),
+        hide_items(data, hidden),
         item_genres=np.zeros_like(data.item_genres),
         item_year_bucket=np.zeros_like(data.item_year_bucket),
     )
