@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,7 @@ def wanted(params: TextParams) -> bool:
         return True
     if params.enabled == "true":
         raise RecsysError(f"params.yaml features.text.enabled=true: {reason}")
-    log.warning(reason)
-    print(reason)
+    print(reason, file=sys.stderr)  # the one line: the stage goes on without text
     return False
 
 

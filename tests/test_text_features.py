@@ -168,3 +168,16 @@ def test_text_off_builds_features_as_before(tmp_path):
     assert manifest["text_features"]["enabled"] is False
     assert not any("text" in name for name in manifest["files"])
     assert load_features(tmp_path / "features").item_text is None
+
+
+def test_auto_without_the_extra_runs_as_before_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(text_encoder.importlib.util, "find_spec", lambda name: None)
+    folder = interim(tmp_path / "interim", {"a": "Alien (1979)", "b": "Heat (1995)"})
+    text = TextParams(enabled="auto", cache=str(tmp_path / "cache"))
+    params = FeaturesParams(min_user_interactions=1, min_item_interactions=1, text=text)
+    summary = build_features(folder, tmp_path / "features", params, seed=0, validation_dir=None)
+    assert summary["text"] == "off (extra absent)"
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "pip install '.[text]'" in said[0]
+    assert not (tmp_path / "cache").exists()
+    assert load_features(tmp_path / "features").item_text is None
