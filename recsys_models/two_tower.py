@@ -46,6 +46,7 @@ class Config:
     user_features: bool = True  # embed FeatureData.user_features where present
     item_features: bool = True  # genres and year bucket beside the item id
     text_features: bool = True  # a projection of the item's text embedding, where features have it
+    id_dropout: float = 0.5  # with text: share of training items seen without their id embedding
     similarity: str = "cosine"  # cosine|dot
     temperature: float = 0.05  # logits = similarity / temperature
     logq_correction: bool = True
@@ -62,6 +63,8 @@ class Config:
             raise ValueError(f"similarity must be 'cosine' or 'dot', got {self.similarity!r}")
         if min(self.dim, self.hidden, self.history_len, self.batch_size, self.eval_batch_size) < 1:
             raise ValueError("dim, hidden, history_len, batch_size, eval_batch_size must be >= 1")
+        if not 0 <= self.id_dropout < 1:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
         if not 0 < self.recency_decay <= 1 or self.temperature <= 0 or self.lr <= 0:
             raise ValueError("need 0 < recency_decay <= 1, temperature > 0 and lr > 0")
         if self.n_uniform_negatives < 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
@@ -124,6 +127,11 @@ class TwoTower(nn.Module):
     def item_tower(self, items: torch.Tensor) -> torch.Tensor:
         """Embedding of the given item ids (any shape), normalised when cosine."""
         x = self.item_id(items)
+        if self.use_text and self.training and self.config.id_dropout > 0:
+            # Items trained without their id now and then make the content inputs carry the
+            # embedding alone, as they must for an item no one has interacted with yet.
+            kept = torch.rand(items.shape, device=x.device) >= self.config.id_dropout
+            x = x * kept.unsqueeze(-1)
         if self.config.item_features:
             x = x + self.genre_proj(self.genres[items]) + self.year_emb(self.year[items])
         if self.use_text:
