@@ -171,10 +171,10 @@ def main() -> None:
     print(markdown(result))
 
 
-def markdown(r: dict) -> str:
-    lines = [
-        "# Text embeddings: encoder throughput, cache, cold items",
-        "",
+def tables(r: dict) -> dict[str, str]:
+    """The markdown blocks of bench/results/text.json by id: the .md and the README's generated
+    blocks (bench/tables.py) come from this one function."""
+    cache = [
         f"{r['machine']}; {r['torch']}; {r['encoder']}; texts: {r['texts']}; "
         f"batch {r['batch_size']}",
         "",
@@ -182,24 +182,30 @@ def markdown(r: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in r["runs"]:
-        lines.append(
+        cache.append(
             f"| {row['run']} | {row.get('texts', '')} | {row.get('encoded', '')} | "
             f"{row.get('from_cache', '')} | {row['seconds']} | {row.get('encoded_per_s') or ''} |"
         )
-    lines += [
-        "",
-        "Cold items (synthetic topics, one item in eight hidden from training; genres and years "
-        "blanked so only text can place them):",
-        "",
+    cold = [
         "| model | text | cold targets | HR@10 | NDCG@10 | mean rank percentile |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for row in r["cold_items"]:
-        lines.append(
+        cold.append(
             f"| {row['model']} | {row['text']} | {row['users']} | {row['hr@10']:.3f} | "
             f"{row['ndcg@10']:.3f} | {row['percentile']:.3f} |"
         )
-    return "\n".join(lines) + "\n"
+    return {"cache": "\n".join(cache) + "\n", "cold": "\n".join(cold) + "\n"}
+
+
+def markdown(r: dict) -> str:
+    t = tables(r)
+    return (
+        "# Text embeddings: encoder throughput, cache, cold items\n\n"
+        + t["cache"]
+        + "\nCold items (synthetic topics, one item in eight hidden from training; genres and "
+        "years blanked so only text can place them):\n\n" + t["cold"]
+    )
 
 
 if __name__ == "__main__":
