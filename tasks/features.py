@@ -45,6 +45,7 @@ from tasks.schema import (
     conform_items,
 )
 from tasks.sequences import padded_tail, rank_from_end
+from tasks.text_features import write_text_features
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -108,6 +109,9 @@ def build_features(
             interim_dir / ITEMS_FILE, item_map, seq_items[loo == TRAIN], params, tmp / "items"
         )
         user_info = _write_user_features(interim_dir / USERS_FILE, user_map, tmp / "users")
+        text_info, text_run = write_text_features(
+            interim_dir / ITEMS_FILE, item_map, params.text, tmp / "items"
+        )
         counts |= {
             "rows": frame.height,
             "users": n_users,
@@ -122,6 +126,7 @@ def build_features(
             "temporal_cuts": {"val_start": val_start, "test_start": test_start},
             "item_features": item_info,
             "user_features": user_info,
+            "text_features": text_info,
             "params": as_dict(params),
             "inputs": input_hashes,
             "files": _output_hashes(tmp),
@@ -138,6 +143,7 @@ def build_features(
         "kcore_dropped": _kcore_brief(counts["kcore"]),
         "loo": counts["loo"],
         "temporal": {**temporal_sizes, "val_start": val_start, "test_start": test_start},
+        **text_run,
     }
 
 

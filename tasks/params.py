@@ -210,6 +210,25 @@ class ValidateParams:
 
 
 @dataclass(frozen=True)
+class TextParams:
+    """Item text embeddings from the pretrained encoder (tasks/text_features.py)."""
+
+    # auto: when the `text` extra is installed; true: required; false: off. params.yaml says
+    # auto; the default is off so a run without a params file (tests, one-offs) encodes nothing.
+    enabled: str = "false"
+    cache: str = "data/text_cache"  # embeddings by the text's sha256, kept across runs
+    batch_size: int = 64  # texts per encoder forward pass
+
+    def check(self, where: str, source: str) -> None:
+        _check_choice(self.enabled, TEXT_SWITCH, f"{where}.enabled", source)
+        _check_paths(self, ("cache",), where, source)
+        _check(self.batch_size >= 1, source, f"{where}.batch_size", ">= 1", self.batch_size)
+
+
+TEXT_SWITCH = ("auto", "true", "false")
+
+
+@dataclass(frozen=True)
 class FeaturesParams:
     out: str = "data/features"
     min_user_interactions: int = 5
@@ -218,9 +237,11 @@ class FeaturesParams:
     temporal_val_fraction: float = 0.1
     temporal_test_fraction: float = 0.1
     year_bucket_size: int = 10
+    text: TextParams = field(default_factory=TextParams)
 
     def check(self, where: str, source: str) -> None:
         _check_paths(self, ("out",), where, source)
+        self.text.check(f"{where}.text", source)
         for name in ("min_user_interactions", "min_item_interactions", "year_bucket_size"):
             value = getattr(self, name)
             _check(value >= 1, source, f"{where}.{name}", ">= 1", value)
@@ -489,6 +510,8 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     if isinstance(hint, types.UnionType) and value is None:
         return None
     base = typing.get_args(hint)[0] if isinstance(hint, types.UnionType) else hint
+    if base is str and isinstance(value, bool):  # YAML reads a switch's true/false as booleans
+        value = str(value).lower()
     origin = typing.get_origin(base)
     if origin is tuple:  # tuple[X, ...]: a YAML list of X
         item = typing.get_args(base)[0]

@@ -20,6 +20,30 @@ from tasks.io import staged_dir, write_parquet
 from tasks.schema import INTERACTIONS_FILE, ITEMS_FILE, conform_interactions, conform_items
 
 GENRES = [f"genre_{g:02d}" for g in range(18)]
+# Words of each latent topic, so item titles carry the topic for a text encoder to read
+# (topic k uses theme k, and past the list theme k beside theme k // len(THEMES) + k + 1).
+THEMES = [
+    "space rocket planet astronaut galaxy orbit alien starship",
+    "cooking recipe kitchen chef baking dinner spices dessert",
+    "football match goal stadium league striker referee trophy",
+    "ocean sailing ship island pirate harbor storm voyage",
+    "detective murder crime police clue suspect investigation alibi",
+    "romance love wedding couple kiss heart marriage date",
+    "war soldier battle army tank general trench invasion",
+    "music band guitar concert song singer rock album",
+    "horse ranch cowboy desert sheriff saloon frontier outlaw",
+    "dragon wizard castle magic sword knight quest spell",
+    "finance bank money stock market trader investment profit",
+    "school student teacher exam classroom homework campus lesson",
+    "medicine doctor hospital nurse surgery patient disease cure",
+    "garden flowers plants roses soil seeds blossom gardening",
+    "robot computer software hacker code machine network algorithm",
+    "mountain climbing snow peak hiking glacier summit trail",
+    "dog puppy pet leash bark kennel fetch paws",
+    "vampire ghost haunted zombie horror curse graveyard scream",
+    "politics election president senate campaign vote government law",
+    "car racing engine driver speed track garage motor",
+]
 START_TIMESTAMP = 1_600_000_000  # 2020-09-13, so timestamps pass the sane-range check
 MIN_PER_USER = 5
 
@@ -126,6 +150,16 @@ class _World:
         pos = np.searchsorted(self.topic_cdf, draws, side="right")
         return self.items_by_topic[np.minimum(pos, len(self.topic_cdf) - 1)]
 
+    def title(self, item: int) -> str:
+        """Item `item`'s title: its number and three words of its topic (no randomness, so the
+        interactions drawn do not depend on it)."""
+        k = int(self.topic_of[item])
+        words = THEMES[k % len(THEMES)].split()
+        if k >= len(THEMES):
+            words += THEMES[(k // len(THEMES) + k + 1) % len(THEMES)].split()
+        picked = [words[(item * 3 + j) % len(words)] for j in range(3)]
+        return f"Synthetic item {item + 1}: {' '.join(picked)}"
+
     def items_table(self) -> pl.DataFrame:
         n = len(self.topic_of)
         genres = [[GENRES[g] for g in self.topic_genres[k]] for k in self.topic_of.tolist()]
@@ -133,7 +167,7 @@ class _World:
             pl.DataFrame(
                 {
                     "item_id": pl.Series(np.arange(1, n + 1)).cast(pl.String),
-                    "title": [f"Synthetic item {i}" for i in range(1, n + 1)],
+                    "title": [self.title(i) for i in range(n)],
                     "genres": genres,
                     "year": self.years,
                 }
