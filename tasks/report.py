@@ -24,6 +24,7 @@ from tasks.protocol import HISTORY_BUCKETS, KS, same_protocol
 
 matplotlib.use("Agg")  # no display: the report's plots are PNG files
 import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # The first column orders a table: NDCG@10, the default primary metric, then the rest.
 FULL_COLUMNS = ["ndcg@10", "hr@10", "mrr", "auc", "ndcg@5", "ndcg@20", "hr@5", "hr@20"]
@@ -334,6 +335,7 @@ def plots(
         fig, ax = plt.subplots(figsize=(WIDTH, 4.5))
         for name, values in sorted(curves.items()):
             ax.plot(range(1, len(values) + 1), values, marker=".", label=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation ndcg@10 (loo, full ranking)")
         ax.legend(fontsize=8, ncol=3)

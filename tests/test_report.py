@@ -122,3 +122,39 @@ def test_every_plot_is_readable_width(evaluated):
         width = int.from_bytes(png[16:20], "big")  # the IHDR chunk's width
         assert 900 <= width <= 1400, width
     assert "img{max-width:100%}" in html
+
+
+def test_the_code_commit_ignores_commits_of_outputs(tmp_path: Path, monkeypatch):
+    """The report names the last commit of the code, so committing a run's outputs (dvc.lock,
+    caches) leaves the report DVC hashed unchanged, and a clone reports the same commit."""
+    import subprocess
+
+    from tasks.evaluate import code_commit
+
+    def git(*args: str, cwd: Path) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                       check=True, capture_output=True)  # fmt: skip
+
+    project = tmp_path / "project"
+    (project / "tasks").mkdir(parents=True)
+    (project / "tasks" / "stage.py").write_text("x = 1\n")
+    (project / "params.yaml").write_text("seed: 1\n")
+    git("init", "-q", cwd=project)
+    git("add", "-A", cwd=project)
+    git("commit", "-qm", "code", cwd=project)
+    monkeypatch.chdir(project)
+    first = code_commit()
+    assert first and re.fullmatch(r"[0-9a-f]{12}", first)
+    (project / "dvc.lock").write_text("outs\n")
+    (project / "tasks" / "__pycache__").mkdir()
+    (project / "tasks" / "__pycache__" / "stage.pyc").write_bytes(b"\0")
+    git("add", "-A", cwd=project)
+    git("commit", "-qm", "outputs", cwd=project)
+    assert code_commit() == first
+    git("clone", "-q", str(project), str(tmp_path / "clone"), cwd=tmp_path)
+    monkeypatch.chdir(tmp_path / "clone")
+    assert code_commit() == first
+    (tmp_path / "clone" / "params.yaml").write_text("seed: 2\n")
+    assert code_commit() == f"{first} + uncommitted changes"
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    assert code_commit() is None
