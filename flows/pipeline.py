@@ -151,7 +151,7 @@ def features_task(interim: str, out: str, params: Any, seed: int, validation: st
 
 
 # Each training run is named for what it trains, so the UI tells models and protocols apart.
-@task(name="train", task_run_name="train-{model}-{protocol}", **NO_PERSIST)
+@task(name="train", task_run_name="train {model} ({protocol})", **NO_PERSIST)
 @cached_stage(
     "features",
     out="out",
@@ -192,7 +192,7 @@ def evaluate_task(
     )  # fmt: skip
 
 
-@task(name="export", **NO_PERSIST)
+@task(name="export", task_run_name="export {name}", **NO_PERSIST)
 @cached_stage(
     "model",
     "features",

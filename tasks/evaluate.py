@@ -28,9 +28,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,21 @@ from recsys_models.metrics import (
     set_metrics,
     target_positions,
 )
+from recsys_models.spec import GRADIENT
 from tasks import comparison, report
 from tasks.artifact_store import RemappedScorer, ServedModel
 from tasks.errors import RecsysError
 from tasks.feature_store import data_version, item_ids, load_features, user_ids
 from tasks.io import staged_dir, write_json
-from tasks.model_store import load_model, model_dir, read_record, staleness, trained_models
+from tasks.model_store import (
+    load_model,
+    model_dir,
+    read_record,
+    spec,
+    staleness,
+    trained_models,
+    validation_curve,
+)
 from tasks.params import Params
 from tasks.protocol import BEYOND_K, CARD_KINDS, KS, PRIMARY_METRICS, protocol_card
 from tasks.registry import read_champion
@@ -314,10 +324,81 @@ def evaluate(
         write_json(decision, tmp / "decision.json")
         write_json(catalogue, tmp / "catalogue.json")
         text = report.write_reports(
-            rows, result, scored, stats, tmp, params.evaluate.bootstrap_samples, params.seed
+            rows,
+            result,
+            scored,
+            stats,
+            tmp,
+            params.evaluate.bootstrap_samples,
+            params.seed,
+            run=run_metadata(scored["loo"], models_dir, version, params),
+            curves=training_curves(scored["loo"], models_dir),
         )
     loo = scored["loo"]
     return {"models": {n: s.full for n, s in loo.items()}, "decision": decision, "report": text}
+
+
+# The files whose last commit identifies the code and parameters of a run. Not HEAD: committing
+# the run's own outputs (dvc.lock, metrics.json) must not change the report DVC has hashed.
+CODE_PATHS = ("tasks/*.py", "recsys_models/*.py", "params.yaml", "dvc.yaml")
+
+
+def code_commit() -> str | None:
+    """The last git commit of the code and parameters in the working directory (12 digits),
+    with "+ uncommitted changes" when the working tree differs from it; None outside a git
+    checkout or without git."""
+    git = ["git", "-c", "core.quotePath=false"]
+    try:
+        log = subprocess.run(
+            [*git, "log", "-1", "--format=%H", "--", *CODE_PATHS],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        if log.returncode or not log.stdout.strip():
+            return None
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return log.stdout.strip()[:12] + (" + uncommitted changes" if changed.stdout.strip() else "")
+
+
+def run_metadata(
+    loo: dict[str, Any], models_dir: Path, version: dict[str, Any], params: Params
+) -> dict[str, Any]:
+    """What the report's figures came from: the code's commit, the data version, each scored
+    model's weights (sha256 of models/<name>/weights.pt) or served version, and the evaluate
+    parameters (less the folders, which say where, not how)."""
+    models = {}
+    for name in loo:
+        if "@" in name:  # the registry's champion, scored from its exported artifact
+            model, served = name.split("@", 1)
+            models[name] = f"exported {model} version {served} (served artifact, onnxruntime)"
+        else:
+            sha = read_record(model_dir(models_dir, name)).get("weights_sha256")
+            models[name] = f"weights sha256 {str(sha)[:12]}"
+    fields = asdict(params.evaluate)
+    for where in ("out", "artifacts"):
+        fields.pop(where)
+    flat = {"seed": params.seed}
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            flat |= {f"{key}.{k}": v for k, v in value.items()}
+        else:
+            flat[key] = list(value) if isinstance(value, tuple) else value
+    return {"code_commit": code_commit(), "data_version": version, "models": models, "params": flat}
+
+
+def training_curves(loo: dict[str, Any], models_dir: Path) -> dict[str, list[float]]:
+    """Validation NDCG@10 per epoch of each scored gradient model (models/<name>/dvclive)."""
+    curves = {}
+    for name in loo:
+        if "@" not in name and spec(name).kind == GRADIENT:
+            curve = validation_curve(model_dir(models_dir, name))
+            if curve:
+                curves[name] = curve
+    return curves
 
 
 def _check_params(params: Params) -> None:

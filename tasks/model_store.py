@@ -9,6 +9,7 @@ Layout of models/<name>/ (models/<name>/temporal/ for the global temporal protoc
 - timing.json   how long the training took (wall seconds): kept apart from metrics.json
                 because it differs on every run (.dvcignore keeps it out of DVC's hashes)
 - dvclive/, checkpoints/   training curves, and Lightning's checkpoints for a resume
+                (dvclive/plots/metrics/val/ndcg@10.tsv: validation NDCG@10 after each epoch)
 
 A model is restored from its weights through its registry entry (ModelSpec.restore): nothing is
 refitted or retrained to learn its shapes.
@@ -34,6 +35,7 @@ SKIPPED = "skipped"  # config.json's key for a model the features could not trai
 METRICS = "metrics.json"
 TIMING = "timing.json"
 TIMING_KEYS = ("train_seconds",)
+VALIDATION_CURVE = Path("dvclive/plots/metrics/val/ndcg@10.tsv")  # DVCLive's step, ndcg@10
 
 
 def _recorded_weights(folder: Path, record: dict[str, Any]) -> Path:
@@ -194,3 +196,20 @@ def load_model(folder: str | Path, data: Any) -> Any:
     except (RuntimeError, ValueError, OSError) as exc:
         raise RecsysError(f"{weights}: does not fit {name}'s shapes ({exc})") from exc
     return net.eval()
+
+
+def validation_curve(folder: str | Path) -> list[float]:
+    """Validation NDCG@10 after each epoch, in order, as DVCLive recorded it while the model
+    trained (one row per validation, and validation runs once per epoch); [] when the model
+    has no curve (trained without DVCLive). The report draws it; readers never parse DVCLive's
+    files themselves, so its layout is known in this one place."""
+    path = Path(folder) / VALIDATION_CURVE
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    try:
+        column = lines[0].split("\t").index("ndcg@10")
+        return [float(line.split("\t")[column]) for line in lines[1:] if line.strip()]
+    except (IndexError, ValueError) as exc:
+        problem = f"not a DVCLive metric file with an ndcg@10 column ({exc})"
+        raise RecsysError(f"{path}: {problem}") from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tasks.protocol import HISTORY_BUCKETS, KS, same_protocol
 
 matplotlib.use("Agg")  # no display: the report's plots are PNG files
 import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # The first column orders a table: NDCG@10, the default primary metric, then the rest.
 FULL_COLUMNS = ["ndcg@10", "hr@10", "mrr", "auc", "ndcg@5", "ndcg@20", "hr@5", "hr@20"]
@@ -31,7 +33,9 @@ SAMPLED_COLUMNS = ["ndcg@10", "hr@10", "mrr"]
 BEYOND_COLUMNS = [f"coverage@{k}" for k in KS]
 BEYOND_COLUMNS += ["novelty@10", "diversity@10", "popularity_percentile@10"]
 
+WIDTH = 11  # inches of every plot: 1,100 pixels at the report's 100 dpi, readable on a screen
 Table = tuple[str, str, list[str], list[list[str]]]  # title, card line, header, rows
+Section = tuple[str, list[str]]  # title, lines (a bulleted list)
 
 
 def metric_table(rows: list[dict[str, Any]], card_id: str, title: str, columns: list[str]) -> Table:
@@ -44,17 +48,76 @@ def metric_table(rows: list[dict[str, Any]], card_id: str, title: str, columns: 
 
 
 def card_line(card: dict[str, Any], users: int | None = None) -> str:
+    """The table's own protocol: its card id, ranking, candidates and users. What every card of
+    a split shares (split, seen items, ties, K, data version) is in protocol_section, once."""
     sampler = card.get("sampler")
     drawn = (
         f"; sampler {sampler['kind']}, n={sampler['n']}, seed={sampler['seed']}" if sampler else ""
     )
-    version = card["data_version"]
     return (
-        f"Protocol `{card['id']}`: {card['split_detail']}; {card['ranking']} ranking; candidates: "
-        f"{card['candidates']}{drawn}; seen items {card['seen_items']}; ties {card['ties']}; "
-        f"K in {card['ks']}; {'' if users is None else f'{users} test users; '}data features "
-        f"{version['features_manifest_sha256'][:12]}, raw {str(version.get('raw_md5'))[:12]}."
+        f"Protocol `{card['id']}` (see Protocol): {card['ranking']} ranking; candidates: "
+        f"{card['candidates']}{drawn}{'' if users is None else f'; {users} test users'}."
     )
+
+
+def protocol_section(cards: list[dict[str, Any]]) -> Section:
+    """The protocol paragraph, once: each split, then what every card shares."""
+    splits = {card["split"]: card["split_detail"] for card in cards}
+    card = cards[0]
+    version = card["data_version"]
+    lines = [f"`{split}`: {detail}." for split, detail in splits.items()]
+    lines.append(
+        f"Seen items {card['seen_items']}; ties {card['ties']}; K in {card['ks']}; data "
+        f"features {version['features_manifest_sha256'][:12]}, raw "
+        f"{str(version.get('raw_md5'))[:12]}."
+    )
+    return "Protocol", lines
+
+
+def run_section(run: dict[str, Any]) -> Section:
+    """What produced these figures: code, data, each model's weights, the parameters."""
+    version = run["data_version"]
+    lines = [
+        f"code: git commit {run['code_commit'] or 'unknown (not a git checkout)'}",
+        f"data: features manifest sha256 {version['features_manifest_sha256'][:12]}, raw data "
+        f"(data.dvc) md5 {str(version.get('raw_md5'))[:12]}",
+    ]
+    lines += [f"model {name}: {what}" for name, what in sorted(run["models"].items())]
+    lines.append("evaluate parameters: " + ", ".join(f"{k}={v}" for k, v in run["params"].items()))
+    return "Run", lines
+
+
+def history_table(scored, metric: str, card: dict[str, Any]) -> Table:
+    """Test users per history-length bucket (the same users for every model) with each
+    model's mean metric: how many users stand behind each point of the history plot."""
+    loo = scored["loo"]
+    names = sorted(loo, key=lambda n: -loo[n].full[metric])
+    curves = {name: history_curve(loo[name].per_user, metric) for name in names}
+    buckets = curves[names[0]]
+    head = ["history", *(bucket_label(b["history_min"]) for b in buckets)]
+    rows = [["test users", *(str(b["users"]) for b in buckets)]]
+    rows += [[name, *(f"{c[metric]:.4f}" for c in curves[name])] for name in names]
+    title = f"{metric} by history length (interactions before the target)"
+    return title, card_line(card, loo[names[0]].per_user.height), head, rows
+
+
+def curve_table(curves: dict[str, list[float]]) -> Table:
+    """The gradient models' training curves in figures: epochs, best epoch and its value."""
+    rows = []
+    for name, values in sorted(curves.items()):
+        best = int(np.argmax(values))
+        rows.append(
+            [name, str(len(values)), str(best + 1), f"{values[best]:.4f}", f"{values[-1]:.4f}"]
+        )
+    head = ["model", "epochs", "best epoch", "best validation ndcg@10", "last validation ndcg@10"]
+    note = "Validation split of the leave-one-out protocol, full ranking, after each epoch."
+    return "Training curves (validation NDCG@10 per epoch)", note, head, rows
+
+
+def bucket_label(low: int) -> str:
+    """0-19, 20-49, ..., 500+: a history bucket by its edges."""
+    i = HISTORY_BUCKETS.index(low)
+    return f"{low}+" if i == len(HISTORY_BUCKETS) - 1 else f"{low}-{HISTORY_BUCKETS[i + 1] - 1}"
 
 
 def comparison_tables(result: dict[str, Any]) -> list[Table]:
@@ -129,7 +192,8 @@ def _guardrail(metric: str, check: dict[str, Any]) -> str:
     return f"{check['challenger']:.3f} ({bound} {check['limit']:.3f}){flag}"
 
 
-def markdown(tables: list[Table], result: dict[str, Any]) -> str:
+def markdown(tables: list[Table], result: dict[str, Any], sections: Sequence[Section] = ()) -> str:
+    """The report as Markdown: the decision, the sections (protocol, run), then the tables."""
     verdict = result["verdict"]
     lines = ["# Offline evaluation: champion vs challenger", ""]
     lines += [
@@ -142,6 +206,8 @@ def markdown(tables: list[Table], result: dict[str, Any]) -> str:
         f"correction: {result['correction']}. Segments: {result['segment_correction']}.",
         "",
     ]
+    for title, items in sections:
+        lines += [f"## {title}", "", *(f"- {item}" for item in items), ""]
     for title, card, head, rows in tables:
         lines += [f"## {title}", "", card, ""]
         lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -150,7 +216,13 @@ def markdown(tables: list[Table], result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def page(tables: list[Table], result: dict[str, Any], images: dict[str, str]) -> str:
+def page(
+    tables: list[Table],
+    result: dict[str, Any],
+    images: dict[str, str],
+    sections: Sequence[Section] = (),
+) -> str:
+    """The report as one HTML page: the decision, the sections, the plots, then the tables."""
     verdict = result["verdict"]
     decision = f"Promote {verdict['model']}" if verdict["promote"] else f"Keep {result['champion']}"
     parts = [
@@ -159,13 +231,18 @@ def page(tables: list[Table], result: dict[str, Any], images: dict[str, str]) ->
         "max-width:1200px}table{border-collapse:collapse;margin-bottom:1em;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,"
         "th:first-child{text-align:left}.card{color:#555;font-size:12px}"
-        ".verdict{font-size:18px;padding:.5em;background:#eef}</style></head><body>",
+        ".verdict{font-size:18px;padding:.5em;background:#eef}img{max-width:100%}"
+        "li{font-size:13px}</style></head><body>",
         "<h1>Offline evaluation: champion vs challenger</h1>",
         f"<p class='verdict'><b>{html.escape(decision)}</b>: {html.escape(verdict['reason'])}</p>",
         f"<p class='card'>{html.escape(result['test'])}; {html.escape(result['interval'])}; "
         f"alpha {result['alpha']}; correction: {html.escape(result['correction'])}. Segments: "
         f"{html.escape(result['segment_correction'])}.</p>",
     ]
+    for title, items in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2><ul>")
+        parts += [f"<li>{html.escape(item)}</li>" for item in items]
+        parts.append("</ul>")
     for caption, data in images.items():
         parts.append(
             f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,"
@@ -186,19 +263,27 @@ def page(tables: list[Table], result: dict[str, Any], images: dict[str, str]) ->
 
 def _png(fig) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def plots(scored, stats, result: dict[str, Any], bootstrap_samples: int, seed: int) -> dict:
-    """Metric bars with 95% intervals, the challengers' forest plot, NDCG@10 by history length,
-    the popularity-bias curve."""
+def plots(
+    scored,
+    stats,
+    result: dict[str, Any],
+    bootstrap_samples: int,
+    seed: int,
+    curves: dict[str, list[float]] | None = None,
+) -> dict:
+    """Metric bars with 95% intervals, the challengers' forest plot, NDCG@10 by history length
+    (with the users behind each bucket), the popularity-bias curve, the gradient models'
+    training curves."""
     metric = result["primary_metric"]
     loo = scored["loo"]
     names = sorted(loo, key=lambda n: -loo[n].full[metric])
     images = {}
 
-    fig, ax = plt.subplots(figsize=(9, 3.5))
+    fig, ax = plt.subplots(figsize=(WIDTH, 4.5))
     means, errors = [], [[], []]
     for name in names:
         values = loo[name].per_user[f"full_{metric}"].to_numpy()
@@ -217,22 +302,22 @@ def plots(scored, stats, result: dict[str, Any], bootstrap_samples: int, seed: i
         caption, data = forest_plot(result)
         images[caption] = data
 
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    edges = zip(HISTORY_BUCKETS[:-1], HISTORY_BUCKETS[1:], strict=True)
-    labels = [f"{lo}-{hi - 1}" for lo, hi in edges]
-    labels.append(f"{HISTORY_BUCKETS[-1]}+")
+    fig, ax = plt.subplots(figsize=(WIDTH, 4.5))
+    users = {c["history_min"]: c["users"] for c in history_curve(loo[names[0]].per_user, metric)}
+    labels = [f"{bucket_label(lo)}\n(n={users.get(lo, 0)})" for lo in HISTORY_BUCKETS]
     for name in names:
         curve = history_curve(loo[name].per_user, metric)
         x = [HISTORY_BUCKETS.index(c["history_min"]) for c in curve]
         ax.plot(x, [c[metric] for c in curve], marker="o", label=name)
     ax.set_xticks(range(len(labels)), labels)
-    ax.set_xlabel("interactions before the target")
+    ax.set_xlabel("interactions before the target (n: test users in the bucket)")
     ax.set_ylabel(metric)
-    ax.legend(fontsize=7, ncol=3)
-    images[f"{metric} by history length"] = _png(fig)
+    ax.legend(fontsize=8, ncol=4)
+    counts = ", ".join(f"{bucket_label(lo)}: {n}" for lo, n in users.items())
+    images[f"{metric} by history length (test users per bucket: {counts})"] = _png(fig)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(9, 3.5))
+    fig, ax = plt.subplots(figsize=(WIDTH, 4.5))
     deciles = np.arange(1, 11)
     for name in names:
         ax.plot(deciles, popularity_curve(loo[name].recommended, stats), marker=".", label=name)
@@ -242,9 +327,20 @@ def plots(scored, stats, result: dict[str, Any], bootstrap_samples: int, seed: i
     ax.plot(deciles, popularity_curve(targets, stats), "k--", label="test targets")
     ax.set_xlabel("item popularity decile (10: most popular)")
     ax.set_ylabel("share of top-10 recommendations")
-    ax.legend(fontsize=7, ncol=3)
+    ax.legend(fontsize=8, ncol=4)
     images["popularity bias: where recommendations fall by item popularity"] = _png(fig)
     plt.close(fig)
+
+    if curves:
+        fig, ax = plt.subplots(figsize=(WIDTH, 4.5))
+        for name, values in sorted(curves.items()):
+            ax.plot(range(1, len(values) + 1), values, marker=".", label=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation ndcg@10 (loo, full ranking)")
+        ax.legend(fontsize=8, ncol=3)
+        images["training curves: validation NDCG@10 per epoch of each gradient model"] = _png(fig)
+        plt.close(fig)
     return images
 
 
@@ -254,7 +350,7 @@ def forest_plot(result: dict[str, Any]) -> tuple[str, str]:
     metric = result["primary_metric"]
     level = result["decision_level"]
     rows = sorted(result["challengers"], key=lambda r: r["mean_diff"])
-    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.35 * len(rows)))
+    fig, ax = plt.subplots(figsize=(WIDTH, 1.2 + 0.4 * len(rows)))
     for y, r in enumerate(rows):
         mean = r["mean_diff"]
         low, high = r["decision_interval"]
@@ -299,9 +395,19 @@ def popularity_curve(counts: np.ndarray, stats) -> np.ndarray:
 
 
 def write_reports(
-    rows, result, scored, stats, folder: Path, bootstrap_samples: int, seed: int
+    rows,
+    result,
+    scored,
+    stats,
+    folder: Path,
+    bootstrap_samples: int,
+    seed: int,
+    run: dict[str, Any] | None = None,
+    curves: dict[str, list[float]] | None = None,
 ) -> str:
-    """report.md and report.html into `folder`; returns the Markdown."""
+    """report.md and report.html into `folder`; returns the Markdown. `run`: what produced the
+    figures (tasks.evaluate.run_metadata); `curves`: validation NDCG@10 per epoch of each
+    gradient model (tasks.model_store.validation_curve)."""
     tables = [
         metric_table(rows, "loo/full", "Leave-one-out, full ranking (primary)", FULL_COLUMNS),
         metric_table(
@@ -326,10 +432,17 @@ def write_reports(
             ),
         ]
     tables += comparison_tables(result)
-    text = markdown(tables, result)
+    tables.append(history_table(scored, result["primary_metric"], result["card"]))
+    if curves:
+        tables.append(curve_table(curves))
+    cards = list({row["card"]["id"]: row["card"] for row in rows}.values())
+    sections = [protocol_section(cards or [result["card"]])]
+    if run is not None:
+        sections.append(run_section(run))
+    text = markdown(tables, result, sections)
     (folder / "report.md").write_text(text)
-    images = plots(scored, stats, result, bootstrap_samples, seed)
-    (folder / "report.html").write_text(page(tables, result, images))
+    images = plots(scored, stats, result, bootstrap_samples, seed, curves)
+    (folder / "report.html").write_text(page(tables, result, images, sections))
     return text
 
 

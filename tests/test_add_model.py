@@ -84,6 +84,11 @@ def test_a_new_model_is_one_file_plus_its_params_and_dvc_entries(tmp_path: Path)
     entry = "      popularity: {uses: recsys_models/data.py}\n"
     assert dvc.count(entry) == 2  # fit and temporal
     dvc = dvc.replace(entry, entry + "      toy: {uses: recsys_models/data.py}\n")
+    # ... and its line in the charts of every model (the top-level plots)
+    for chart, column in (("popularity_bias", "share"), ("by_history/loo", "ndcg@10")):
+        line = f"        ${{evaluate.out}}/plots/{chart}/%s.csv: {column}\n"
+        assert dvc.count(line % "popularity") == 1
+        dvc = dvc.replace(line % "popularity", line % "popularity" + line % "toy")
     (proj / "dvc.yaml").write_text(dvc)
 
     env = os.environ | {"PYTHONPATH": str(proj)}  # the copy's packages, not the checkout's

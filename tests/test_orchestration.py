@@ -206,12 +206,10 @@ def test_two_full_runs_at_once_through_the_rest_api_complete_one_after_the_other
     tasks_of_two = api_call(
         stack.api, "/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "limit": 50}
     )
-    trains = {  # train-<model>-<protocol>; the subflow's placeholder run is train-models-N
-        t["name"]: t["state_name"]
-        for t in tasks_of_two
-        if t["name"].startswith("train-") and not t["name"].startswith("train-models")
+    trains = {  # "train <model> (<protocol>)"; the subflow's own run is train-models-N
+        t["name"]: t["state_name"] for t in tasks_of_two if t["name"].startswith("train ")
     }
-    assert any(name.endswith("-loo") for name in trains), trains
+    assert any(name.endswith(" (loo)") for name in trains), trains
     assert set(trains.values()) == {"Cached"}, trains
     states = {t["name"].rsplit("-", 1)[0]: t["state_name"] for t in tasks_of_two}
     for stage in ("ingest", "validate", "features"):
@@ -231,7 +229,8 @@ def test_two_full_runs_at_once_through_the_rest_api_complete_one_after_the_other
 
     pointer = champion(stack.proj)
     decision = json.loads((stack.proj / "reports/evaluation/decision.json").read_text())
-    assert pointer is not None and pointer["model"] == decision["champion"]
+    assert pointer is not None  # the later run scored the promoted champion as served
+    assert decision["champion"] == f"{pointer['model']}@{pointer['version']}"
     assert pointer["reason"].startswith("first deployment")
     verify_version(champion_folder(stack.proj / "artifacts", pointer))
     assert len(list_versions(stack.proj / "artifacts")) == 1
@@ -373,8 +372,8 @@ def test_custom_run_form_in_chromium_picks_two_models(stack: Stack, tmp_path: Pa
             stack.api, "/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "limit": 50}
         )
     }
-    trained = {n for n in names if n.startswith("train-") and not n.startswith("train-models")}
-    assert {f"train-{m}-loo" for m in picked} <= trained
+    trained = {n for n in names if n.startswith("train ")}
+    assert {f"train {m} (loo)" for m in picked} <= trained
     assert not any("itemknn" in name for name in trained), trained
     logged = [e["message"] for i in ids for e in logs_of(stack.api, i)]
     for model in picked:

@@ -52,6 +52,7 @@ def project(tmp_path: Path) -> Path:
     env = clean_env(tmp_path)
     run(["git", "init", "-q"], proj)
     run(["dvc", "init", "-q"], proj, env)
+    shutil.copytree(ROOT / ".dvc/plots", proj / ".dvc/plots")  # the charts' template
     # a first commit, as any clone has: DVCLive 3.49 fails on a git repo without one
     run(["git", "add", "-A"], proj, env)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], proj, env)
@@ -92,8 +93,17 @@ def test_dvc_repro_runs_the_stages_and_a_second_repro_changes_nothing(
     assert decision["primary"]["card"]["id"] == "loo/full"
     shown = run(["dvc", "metrics", "show", "--json"], project, env).stdout
     assert "ndcg@10" in shown and "reports/evaluation/metrics.json" in shown
-    plots = run(["dvc", "plots", "show", "--json"], project, env).stdout
-    assert "popularity_bias" in plots and "by_history" in plots
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project, env).stdout)
+    assert "errors" not in plots, plots.get("errors")  # every file of every chart was there
+    assert set(plots["data"]) == {"validation_ndcg", "popularity_bias", "ndcg_by_history"}
+    lines = {  # chart -> the models drawn in it, one line (file) each
+        chart: {row["filename"].split("/")[0].removesuffix(".csv") for row in values}
+        for chart, [drawn] in plots["data"].items()
+        for values in [drawn["content"]["data"]["values"]]
+    }
+    gradient = {"bpr_mf", "sasrec", "two_tower", "rating_mf", "neumf", "gru4rec"}
+    assert lines["validation_ndcg"] == gradient
+    assert lines["popularity_bias"] == lines["ndcg_by_history"] >= gradient | {"popularity"}
     manifest = json.loads((project / "data/features/manifest.json").read_text())
     assert manifest
     summary = json.loads((project / "reports/validation/summary.json").read_text())
@@ -215,12 +225,9 @@ def test_flow_trains_models_side_by_side_on_a_dask_cluster(
     cmd = ["recsys", "flow", "run", "--no-fetch", "--no-release"]
     proc = run([*cmd, *[arg for s in sets for arg in ("--set", s)]], project, env)
     runs = api_call(prefect_server, "/task_runs/filter", {"limit": 50})
-    trains = [  # the subflow's own placeholder run is named train-models-N
-        r
-        for r in runs
-        if r["name"].startswith("train-") and not r["name"].startswith("train-models")
-        and r["state_type"] == "COMPLETED"
-    ]  # fmt: skip
+    trains = [  # "train <model> (<protocol>)"; the subflow's own run is train-models-N
+        r for r in runs if r["name"].startswith("train ") and r["state_type"] == "COMPLETED"
+    ]
     assert len(trains) == 4, proc.stdout[-2000:]  # two models, two protocols
     spans = sorted((r["start_time"], r["end_time"]) for r in trains)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))

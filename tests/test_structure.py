@@ -190,6 +190,29 @@ def test_the_registry_params_cli_and_dvc_agree():
     assert all(name in train_help for name in names) and "train" in help_text
 
 
+def test_the_top_level_plots_combine_every_model_of_the_registry():
+    """`dvc plots show` draws one chart per figure with a line per model: the validation curve
+    of every gradient model, the popularity bias and the history curve of every model."""
+    plots = {
+        plot_id: props
+        for entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+        for plot_id, props in entry.items()
+    }
+    names = model_names()
+    gradient = [n for n in names if model_spec(n).kind == GRADIENT]
+    template = "${train.out}/%s/dvclive/plots/metrics/val/ndcg@10.tsv"
+    assert plots["validation_ndcg"]["y"] == {template % n: "ndcg@10" for n in gradient}
+    assert plots["validation_ndcg"]["x"] == "step"  # DVCLive's column: the training step
+    bias = "${evaluate.out}/plots/popularity_bias/%s.csv"
+    assert plots["popularity_bias"]["y"] == {bias % n: "share" for n in names}
+    history = "${evaluate.out}/plots/by_history/loo/%s.csv"
+    assert plots["ndcg_by_history"]["y"] == {history % n: "ndcg@10" for n in names}
+    for props in plots.values():  # coloured by model (a template of the project's .dvc/plots)
+        assert (ROOT / ".dvc" / "plots" / f"{props['template']}.json").is_file()
+    # no stage declares plots of its own (they drew one chart per file)
+    assert not [name for name, stage in dvc_stages().items() if "plots" in stage.get("do", stage)]
+
+
 # --- dvc.yaml dependencies cover each stage's import closure -------------------------------------
 
 
