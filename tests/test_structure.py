@@ -258,3 +258,48 @@ def test_dvc_dependencies_cover_the_stage_import_closure(stage: str):
 def test_the_prefect_run_form_offers_the_registry_models():
     schema = parameter_schema(recsys_pipeline.fn).model_dump()["definitions"]["Training"]
     assert schema["properties"]["models"]["items"]["enum"] == list(model_names())
+
+
+def test_the_committed_dvc_lock_is_current_for_code_and_params():
+    """dvc.lock was made from the committed code and params.yaml: every stage of dvc.yaml is
+    in it, every project file a stage depends on has the md5 the lock records, and every
+    parameter the value. So a fresh clone's `dvc status` can only report the data a run makes
+    (tests/test_pipeline_e2e.py checks that the runs write what the lock records). After
+    changing code or parameters a stage uses, `dvc repro` and commit dvc.lock with them."""
+    import hashlib
+
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert sorted(lock) == sorted(stage_entries()), "dvc.lock and dvc.yaml list other stages"
+    stale = []
+    for name, stage in lock.items():
+        for dep in stage.get("deps", []):
+            path = ROOT / dep["path"]
+            code = path.suffix == ".py" and path.is_file()
+            if code and hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]:
+                stale.append(f"{name}: {dep['path']}")
+        for key, value in stage.get("params", {}).get("params.yaml", {}).items():
+            current = params
+            for part in key.split("."):
+                current = (current or {}).get(part)
+            if current != value:
+                stale.append(f"{name}: params.yaml {key}")
+    assert stale == [], "dvc.lock is older than: " + ", ".join(stale[:10])
+
+
+def test_git_keeps_the_metrics_summary_so_dvc_metrics_diff_has_a_baseline():
+    """reports/ is git-ignored, except the evaluation's short metrics.json that dvc.yaml
+    declares as a metric (cache: false): committed with dvc.lock, it is what `dvc metrics diff`
+    compares a new run with."""
+    import subprocess
+
+    def ignored(path: str) -> bool:
+        done = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT, check=False)
+        return done.returncode == 0
+
+    assert not ignored("reports/evaluation/metrics.json")
+    assert ignored("reports/evaluation/report.md") and ignored("reports/validation/summary.json")
+    tracked = subprocess.run(
+        ["git", "ls-files", "reports"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert tracked == ["reports/evaluation/metrics.json"]
