@@ -436,7 +436,8 @@ def test_retrain_appends_new_data_and_changes_the_champion_exactly_when_the_deci
     assert not list(incoming.glob("*.parquet"))
     assert len(list((incoming / "processed").rglob("week-1.parquet"))) == 1
     decision = json.loads((proj / "reports/evaluation/decision.json").read_text())
-    assert decision["champion"] == "popularity"  # compared against the registry's champion
+    # compared against the registry's champion, scored from the version the service serves
+    assert decision["champion"] == f"popularity@{first['version']}"
     after = champion(proj)
     verdict = decision["verdict"]
     assert (after != first) == verdict["promote"]

@@ -47,6 +47,9 @@ def project(tmp_path: Path) -> Path:
         )
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["ingest"].update(source="parquet", path="data/raw/synth/interactions.parquet")
+    # the generator's item table as metadata, so content_based (which needs it) trains too
+    params["ingest"]["items"].update(path="data/raw/synth/items.parquet")
+    params["ingest"]["items"]["columns"].update(title="title", categories="genres", year="year")
     params["train"].update(max_epochs=2, patience=1)  # the stages run, briefly
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     env = clean_env(tmp_path)
