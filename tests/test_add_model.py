@@ -120,9 +120,13 @@ def test_a_new_model_is_one_file_plus_its_params_and_dvc_entries(tmp_path: Path)
         "export", "--model", "toy", "--models-dir", "m", "--features", "feat", "--out", "art"
     )
     assert "top-10 agreement 1.0000" in exported
-    # The copy's own structure tests agree that the three places list the model.
+    # The copy's own structure tests agree that the three places list the model. (Not the two
+    # about the committed repository: the copy has no git history, and its dvc.lock predates
+    # the toy model until a `dvc repro`.)
+    committed = "not committed_dvc_lock and not git_keeps"
     checks = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_structure.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", committed]
+        + ["tests/test_structure.py"],
         cwd=proj,
         env=env,
         capture_output=True,
