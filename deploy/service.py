@@ -291,6 +291,16 @@ class RecommendBody(BaseModel):
     exclude_genres: list[str] | None = Field(None, description="no item of these genres")
 
 
+# Every page this process serves may load only from itself: ReDoc's sidebar shows a logo from
+# its CDN (hidden when it fails to load), which the browser now refuses without asking the
+# network, so the pages make no outside request at all.
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' blob:; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "worker-src 'self' blob:; connect-src 'self'; font-src 'self' data:"
+)
+
+
 class BodyLimit:
     """ASGI middleware: a request body over `max_bytes` gets 413 before it is held in memory.
 
@@ -433,6 +443,7 @@ def create_app(
         try:
             response = await call_next(request)
             status = response.status_code
+            response.headers["Content-Security-Policy"] = DOCS_POLICY
             return response
         finally:
             route = request.scope.get("route")
