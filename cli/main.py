@@ -27,7 +27,7 @@ from recsys_models.spec import CLOSED_FORM
 from tasks import model_store
 from tasks.errors import RecsysError
 from tasks.features import build_features
-from tasks.ingest import SOURCES, column_map, ingest
+from tasks.ingest import SOURCES, appended_parts, column_map, ingest
 from tasks.io import file_sha256
 from tasks.model_store import model_dir
 from tasks.movielens import fetch_movielens
@@ -114,6 +114,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         sep=args.sep if args.sep is not None else p.sep,
         items=dataclasses.replace(p.items, path=args.items) if args.items else p.items,
         users=dataclasses.replace(p.users, path=args.users) if args.users else p.users,
+        parts=appended_parts(p.appended),
     )
     print_summary("ingest", summary)
     print_wrote(args.out or p.out)

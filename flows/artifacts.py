@@ -232,10 +232,17 @@ def incoming_markdown(staged: dict[str, Any], outcome: dict[str, Any] | None) ->
     lines = ["# Incoming data", ""]
     if not staged["files"]:
         return "\n".join(lines + ["No new files: nothing was retrained."])
-    lines.append(f"- raw file: `{staged['raw']}` ({staged.get('rows_before')} rows before)")
     lines.append(f"- rows added: {staged['rows_added']}")
     lines += [f"- file: `{name}`" for name in staged["files"]]
     if outcome is not None:
-        verb = "appended to the raw data" if outcome.get("committed") else "REJECTED"
-        lines.append(f"- {verb}; files moved to `{outcome.get('moved_to')}`")
+        if outcome.get("committed"):
+            where = staged.get("appended")
+            lines.append(f"- appended as {outcome.get('parts')} part(s) to `{where}`")
+            if outcome.get("versioned"):
+                lines.append(f"- DVC recorded the new raw version in `{outcome['versioned']}`")
+            elif outcome.get("dvc_error"):
+                lines.append(f"- **DVC did not record it**: {outcome['dvc_error']}")
+        else:
+            lines.append("- REJECTED: the raw data is unchanged")
+        lines.append(f"- files moved to `{outcome.get('moved_to')}`")
     return "\n".join(lines)

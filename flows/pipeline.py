@@ -35,7 +35,7 @@ from tasks.incoming import (
     reject_incoming,
     stage_incoming,
 )
-from tasks.ingest import column_map, ingest
+from tasks.ingest import appended_parts, column_map, ingest
 from tasks.model_store import model_dir
 from tasks.movielens import fetch_movielens
 from tasks.params import AnnParams, Params, TrainParams, as_dict, load_params
@@ -86,8 +86,8 @@ def fetch_task(dataset: str, out: str) -> str:
 
 
 @task(name="stage-incoming", **NO_PERSIST)
-def stage_incoming_task(incoming: str, raw: str, source: str) -> dict[str, Any]:
-    return stage_incoming(incoming, raw, source)
+def stage_incoming_task(incoming: str, params: Any) -> dict[str, Any]:
+    return stage_incoming(incoming, params)
 
 
 @task(name="commit-incoming", **NO_PERSIST)
@@ -107,13 +107,20 @@ def reject_incoming_task(staged: dict[str, Any], incoming: str, reason: str) -> 
     retry_condition_fn=_transient,
     **NO_PERSIST,
 )
-@cached_stage("path", "metadata", out="out")
+@cached_stage("path", "metadata", "parts", out="out")
 def ingest_task(
-    source: str, path: str, out: str, params: Any, metadata: list[str] | None = None
+    source: str,
+    path: str,
+    out: str,
+    params: Any,
+    metadata: list[str] | None = None,
+    parts: list[str] | None = None,
 ) -> dict[str, Any]:
     """`params`: params.yaml's ingest section (the column map and separator of the source).
     `metadata`: the item/user metadata files it names, hashed by content like `path`, so a
-    changed items file reruns ingest instead of returning the cached result."""
+    changed items file reruns ingest instead of returning the cached result. `parts`: the
+    appended parts, committed and staged (hashed by content too: a part committed since is
+    the same input)."""
     return ingest(
         source=source,
         path=Path(path),
@@ -122,6 +129,7 @@ def ingest_task(
         sep=params.sep,
         items=params.items,
         users=params.users,
+        parts=[Path(p) for p in parts or []],
     )
 
 
@@ -271,19 +279,21 @@ def _holder() -> str:
 
 
 def _ingest_and_validate(
-    params: Params, source: str, raw: str, summary: dict[str, Any], incoming: str | None = None
+    params: Params, summary: dict[str, Any], incoming: str | None = None
 ) -> None:
     """ingest -> validate; with `incoming`, the new files are appended only if validation
     passes. The validation artifact is published whether it passed or not."""
     logger = get_run_logger()
     staged = None
+    parts = [str(p) for p in appended_parts(params.ingest.appended)]
     if incoming is not None:
-        staged = _stage_incoming(incoming, raw, source)
+        staged = _stage_incoming(incoming, params)
         summary["incoming"] = staged
-        raw = staged["candidate"] or raw
+        parts += staged["parts"]
     metadata = [m.path for m in (params.ingest.items, params.ingest.users) if m.path]
+    source, raw = params.ingest.source, params.ingest.path
     summary["ingest"] = run_stage(
-        ingest_task, source, raw, params.ingest.out, params.ingest, metadata
+        ingest_task, source, raw, params.ingest.out, params.ingest, metadata, parts
     )
     logger.info("ingest wrote %s", params.ingest.out)
     try:
@@ -308,6 +318,8 @@ def _ingest_and_validate(
     logger.info("validation report in %s", params.validate.out)
     if staged and staged["files"]:
         outcome = commit_incoming_task(staged, incoming)
+        if outcome.get("dvc_error"):
+            logger.warning("appended, but DVC did not record it: %s", outcome["dvc_error"])
         artifacts.publish(
             artifacts.INCOMING,
             artifacts.incoming_markdown(staged, outcome),
@@ -315,13 +327,12 @@ def _ingest_and_validate(
         )
 
 
-def _stage_incoming(incoming: str, raw: str, source: str) -> dict[str, Any]:
+def _stage_incoming(incoming: str, params: Params) -> dict[str, Any]:
     """Stage the new files; a file that cannot be appended is rejected with the reason."""
     try:
-        return stage_incoming_task(incoming, raw, source)
+        return stage_incoming_task(incoming, params.ingest)
     except BadIncomingFile as exc:
-        files = {"files": [str(f) for f in pending_files(incoming)], "rows_added": 0}
-        staged = files | {"candidate": None, "raw": raw}
+        staged = {"files": [str(f) for f in pending_files(incoming)], "parts": [], "rows_added": 0}
         outcome = reject_incoming_task(staged, incoming, str(exc))
         artifacts.publish(
             artifacts.INCOMING,
@@ -518,9 +529,10 @@ def recsys_pipeline(
         release: export and promote as the decision says (promote only on a positive
             decision, or the evaluation's champion when nothing was promoted yet).
         fetch: download the MovieLens raw files first when they are missing.
-        incoming: retrain mode: a folder of newly arrived *.parquet/*.csv interaction files to
-            append to the raw data (csv/parquet sources) once they pass validation (drift
-            included). With no file waiting, nothing is retrained. Empty: a full run.
+        incoming: retrain mode: a folder of newly arrived interaction files (the source's own
+            format, or Parquet/CSV through the column map) to append to the raw data as
+            parts once they pass validation (drift included). With no file waiting, nothing
+            is retrained. Empty: a full run.
         overrides: any other parameter, as dotted keys (as `dvc exp run -S`), e.g.
             {"features.max_seq_len": 100}; the form's fields win over these.
         params_path: the parameters file (params.yaml), the one source of every default.
@@ -535,7 +547,7 @@ def recsys_pipeline(
     with pipeline_lock(None, lock_timeout_s, _holder(), logger.info):
         if fetch and source.startswith("movielens") and not Path(raw).exists():
             fetch_task(source, raw)
-        _ingest_and_validate(params, source, raw, summary, incoming)
+        _ingest_and_validate(params, summary, incoming)
         if incoming is not None and not summary["incoming"]["files"]:
             artifacts.publish(
                 artifacts.INCOMING,
@@ -591,7 +603,7 @@ def validate_only(
     with pipeline_lock(None, lock_timeout_s, _holder(), get_run_logger().info):
         if fetch and source.startswith("movielens") and not Path(raw).exists():
             fetch_task(source, raw)
-        _ingest_and_validate(params, source, raw, summary)
+        _ingest_and_validate(params, summary)
     artifacts.publish(
         artifacts.DATA_SUMMARY,
         summary_markdown(summary),

@@ -183,9 +183,12 @@ GUARDRAILS = {
 def guardrail_checks(
     champion: dict[str, float], challenger: dict[str, float], params: EvaluateParams
 ) -> dict[str, dict[str, Any]]:
-    """Each guardrail metric of both models, the limit the challenger must respect, the verdict."""
+    """Each guardrail metric of both models, the limit the challenger must respect, the verdict.
+    A metric the data cannot give (diversity without item categories) is not checked."""
     out = {}
     for metric, (kind, field) in GUARDRAILS.items():
+        if metric not in champion or metric not in challenger:
+            continue
         threshold = getattr(params.guardrails, field)
         base, new = champion[metric], challenger[metric]
         if kind == "relative_drop":

@@ -104,6 +104,9 @@ class CatalogueStats:
         self.self_information = -np.log2((counts + 1.0) / (users + 1.0))
         genres = torch.as_tensor(np.asarray(data.item_genres, dtype=np.float32))
         self.unit_genres = torch.nn.functional.normalize(genres, dim=1)
+        # without item categories a list's diversity has nothing to measure: it is left out
+        # (the report shows n/a), never a constant 1.0
+        self.has_genres = bool(genres.numel()) and bool(genres.any())
 
     def head_threshold(self, fraction: float) -> float:
         """The smallest training count among the most popular `fraction` of the catalogue."""
@@ -258,18 +261,22 @@ def _top_lists(scores, seen_rows, seen_cols, k: int):
 
 
 def _beyond(top, stats: CatalogueStats) -> dict[str, Any]:
-    """Novelty, intra-list diversity (genre cosine distance) and popularity percentile per list."""
+    """Novelty, intra-list diversity (genre cosine distance, where items have genres) and
+    popularity percentile per list."""
     items = top.numpy()
-    vectors = stats.unit_genres[top]  # [B, K, G]
-    similarity = vectors @ vectors.transpose(1, 2)
-    k = top.shape[1]
-    pairs = max(k * (k - 1), 1)
-    off_diagonal = similarity.sum(dim=(1, 2)) - similarity.diagonal(dim1=1, dim2=2).sum(dim=1)
-    return {
+    out = {
         f"beyond_novelty@{BEYOND_K}": stats.self_information[items].mean(axis=1),
-        f"beyond_diversity@{BEYOND_K}": (1.0 - off_diagonal / pairs).numpy(),
         f"beyond_popularity_percentile@{BEYOND_K}": stats.percentile[items].mean(axis=1),
     }
+    if stats.has_genres:
+        vectors = stats.unit_genres[top]  # [B, K, G]
+        similarity = vectors @ vectors.transpose(1, 2)
+        k = top.shape[1]
+        pairs = max(k * (k - 1), 1)
+        diagonal = similarity.diagonal(dim1=1, dim2=2).sum(dim=1)
+        off_diagonal = similarity.sum(dim=(1, 2)) - diagonal
+        out[f"beyond_diversity@{BEYOND_K}"] = (1.0 - off_diagonal / pairs).numpy()
+    return out
 
 
 # --- the stage ---------------------------------------------------------------------------------

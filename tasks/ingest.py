@@ -8,6 +8,7 @@ Rows keep their source order: the features stage breaks timestamp ties by it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,11 +86,13 @@ def ingest(
     sep: str | None = None,
     items: MetadataParams | None = None,
     users: MetadataParams | None = None,
+    parts: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Read `path` as `source` and replace `out_dir` with the canonical tables, all or nothing.
 
     items/users: params.yaml's ingest.items / ingest.users, metadata files for the csv,
     parquet and seq sources (a MovieLens source brings its own).
+    parts: interactions appended since (`appended_parts`), read after the source, in order.
     """
     path, out_dir = Path(path), Path(out_dir)
     columns = columns or ColumnMap()
@@ -103,8 +106,10 @@ def ingest(
     for given in [path, *(Path(str(m.path)) for m in metadata.values())]:
         if not given.exists():
             raise RecsysError(f"{given}: no such file or folder")
-    tables = _read(source, path, columns, sep)
-    interactions = conform_interactions(tables.interactions)
+    tables = read_source(source, path, columns, sep)
+    interactions = pl.concat(
+        [conform_interactions(tables.interactions), *(read_part(Path(p)) for p in parts)]
+    )
     if interactions.height == 0:
         raise RecsysError(f"{path}: no interactions found")
     item_table = read_items(metadata["items"]) if "items" in metadata else tables.items
@@ -114,7 +119,7 @@ def ingest(
         outputs[ITEMS_FILE] = conform_items(item_table)
     if user_table is not None:
         outputs[USERS_FILE] = user_table.with_columns(pl.col(USER_ID).cast(pl.String))
-    inputs = [path, *(Path(str(m.path)) for m in metadata.values())]
+    inputs = [path, *(Path(str(m.path)) for m in metadata.values()), *map(Path, parts)]
     with staged_dir(out_dir, inputs, owned=INTERACTIONS_FILE) as tmp:
         for name, frame in outputs.items():
             write_parquet(frame, tmp / name)
@@ -123,12 +128,31 @@ def ingest(
         "path": str(path),
         "out": str(out_dir),
         "rows": interactions.height,
+        "appended_parts": len(parts),
         "users": interactions["user_id"].drop_nulls().n_unique(),
         "items": interactions["item_id"].drop_nulls().n_unique(),
         "files": list(outputs),
         "item_metadata": describe(outputs.get(ITEMS_FILE)),
         "user_metadata": describe(outputs.get(USERS_FILE)),
     }
+
+
+def appended_parts(folder: str | Path) -> list[Path]:
+    """The appended parts of `folder` in the order they were added (their names start with
+    the time they were written); none when the folder does not exist."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("*.parquet") if p.is_file() and not p.name.startswith("."))
+
+
+def read_part(file: Path) -> pl.DataFrame:
+    """One appended part: canonical interactions, as tasks/incoming.py wrote them."""
+    with reading(file):
+        frame = pl.read_parquet(file)
+    check_columns(file, frame.columns, ["user_id", "item_id", "timestamp"])
+    with reading(file):
+        return conform_interactions(frame)
 
 
 def _check_options(source: str, columns: ColumnMap, sep: str | None) -> None:
@@ -145,7 +169,8 @@ def _check_options(source: str, columns: ColumnMap, sep: str | None) -> None:
         raise RecsysError(f"--sep applies to csv, not {source}")
 
 
-def _read(source: str, path: Path, columns: ColumnMap, sep: str | None) -> Tables:
+def read_source(source: str, path: Path, columns: ColumnMap, sep: str | None) -> Tables:
+    """The source's own tables, before any appended part."""
     if source in MOVIELENS_SOURCES:
         return read_movielens(source, path)
     file = _single_file(path, source)

@@ -309,9 +309,7 @@ def read_ml100k(folder: Path) -> Tables:
     """GroupLens layout (u.data, u.item, u.user) or RecBole's conversion (ml-100k.inter ...)."""
     if (folder / "u.data").exists():
         return Tables(
-            _typed_interactions(
-                read_delimited(folder / "u.data", "\t", INTERACTION_NAMES), folder / "u.data"
-            ),
+            read_ratings("movielens-100k", folder / "u.data"),
             _optional(folder / "u.item", _read_ml100k_items),
             _optional(folder / "u.user", _read_ml100k_users),
         )
@@ -330,9 +328,8 @@ def read_ml100k(folder: Path) -> Tables:
 
 def read_ml1m(folder: Path) -> Tables:
     """`::`-separated .dat files; movies.dat is latin-1."""
-    ratings = folder / "ratings.dat"
     return Tables(
-        _typed_interactions(read_delimited(ratings, "::", INTERACTION_NAMES), ratings),
+        read_ratings("movielens-1m", folder / "ratings.dat"),
         _optional(folder / "movies.dat", _read_ml1m_items),
         _optional(folder / "users.dat", _read_ml1m_users),
     )
@@ -343,7 +340,14 @@ def read_ml_csv(folder: Path) -> Tables:
 
     Ratings are scanned lazily and cast in the scan, so 25M rows stay fast and lean.
     """
-    ratings = require_file(folder / "ratings.csv")
+    return Tables(
+        _read_ratings_csv(folder / "ratings.csv"),
+        _optional(folder / "movies.csv", _read_csv_items),
+    )
+
+
+def _read_ratings_csv(file: Path) -> pl.DataFrame:
+    ratings = require_file(file)
     types = {"rating": pl.Float64, "timestamp": pl.Int64}
     scan = pl.scan_csv(ratings, infer_schema=False, schema_overrides=types)
     with reading(ratings):
@@ -355,9 +359,27 @@ def read_ml_csv(folder: Path) -> Tables:
         "rating",
         "timestamp",
     )
-    return Tables(
-        _typed_interactions(renamed, ratings), _optional(folder / "movies.csv", _read_csv_items)
-    )
+    return _typed_interactions(renamed, ratings)
+
+
+# The ratings file of each release, by the suffix it has: an incoming file in that form is read
+# as one (tasks/incoming.py), so new interactions can arrive in the source's own format.
+RATINGS_SUFFIXES = {
+    "movielens-100k": ".data",
+    "movielens-1m": ".dat",
+    "movielens-20m": ".csv",
+    "movielens-25m": ".csv",
+    "movielens-latest": ".csv",
+}
+
+
+def read_ratings(source: str, file: Path) -> pl.DataFrame:
+    """One ratings file in `source`'s layout (u.data, ratings.dat or ratings.csv) by any name."""
+    if source == "movielens-100k":
+        return _typed_interactions(read_delimited(file, "\t", INTERACTION_NAMES), file)
+    if source == "movielens-1m":
+        return _typed_interactions(read_delimited(file, "::", INTERACTION_NAMES), file)
+    return _read_ratings_csv(file)
 
 
 READERS: dict[str, Callable[[Path], Tables]] = {

@@ -148,6 +148,9 @@ class IngestParams:
     source: str = "movielens-100k"
     path: str = "data/raw/ml-100k"
     out: str = "data/interim"
+    # Append-only parts of interactions that arrived later (tasks/incoming.py): ingest reads
+    # the source, then every part in name order; the source files are never rewritten.
+    appended: str = "data/raw/appended"
     sep: str | None = None  # csv only: the field delimiter (null: ",")
     columns: ColumnsParams = field(default_factory=ColumnsParams)
     items: MetadataParams = field(default_factory=MetadataParams)
@@ -155,7 +158,7 @@ class IngestParams:
 
     def check(self, where: str, source: str) -> None:
         # source is checked by the ingest stage, which owns the list of sources
-        _check_paths(self, ("path", "out"), where, source)
+        _check_paths(self, ("path", "out", "appended"), where, source)
         _check(self.sep is None or len(self.sep) >= 1, source, f"{where}.sep", "text", self.sep)
         self.columns.check(f"{where}.columns", source)
         self.items.check(f"{where}.items", source)

@@ -43,8 +43,13 @@ def metric_table(rows: list[dict[str, Any]], card_id: str, title: str, columns: 
     chosen = [row for row in rows if row["card"]["id"] == card_id]
     card = same_protocol(chosen)
     chosen.sort(key=lambda row: -row["metrics"][columns[0]])
-    body = [[row["model"]] + [f"{row['metrics'][c]:.4f}" for c in columns] for row in chosen]
+    body = [[row["model"], *(_figure(row["metrics"].get(c)) for c in columns)] for row in chosen]
     return title, card_line(card, chosen[0]["users"] if chosen else 0), ["model", *columns], body
+
+
+def _figure(value: float | None) -> str:
+    """n/a for a figure the data cannot give (diversity without item categories)."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def card_line(card: dict[str, Any], users: int | None = None) -> str:
@@ -142,7 +147,7 @@ def comparison_tables(result: dict[str, Any]) -> list[Table]:
                 _p(r["p_holm"]),
                 _p(r["p_ttest"]),
                 "yes" if r["significant_improvement"] else "no",
-                *[_guardrail(m, r["guardrails"][m]) for m in GUARDRAILS],
+                *[_guardrail(m, r["guardrails"].get(m)) for m in GUARDRAILS],
                 ", ".join(r["guardrails_breached"]) or "none",
                 "yes" if r["eligible"] else "no",
             ]
@@ -185,8 +190,10 @@ def _p(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1e}"
 
 
-def _guardrail(metric: str, check: dict[str, Any]) -> str:
-    """The challenger's value beside the limit it must respect."""
+def _guardrail(metric: str, check: dict[str, Any] | None) -> str:
+    """The challenger's value beside the limit it must respect; n/a where not checked."""
+    if check is None:
+        return "n/a"
     bound = ">=" if GUARDRAILS[metric][0] == "relative_drop" else "<="
     flag = " BREACHED" if check["breached"] else ""
     return f"{check['challenger']:.3f} ({bound} {check['limit']:.3f}){flag}"

@@ -7,6 +7,7 @@ Tiny synthetic data and two fast models (popularity, itemknn) keep a pipeline ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -51,8 +52,15 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, time
     return proc
 
 
-def make_project(root: Path, models: tuple[str, ...] = ("popularity", "itemknn")) -> Path:
-    """A throw-away project: the code, params.yaml on a synthetic parquet raw file."""
+def make_project(
+    root: Path, models: tuple[str, ...] = ("popularity", "itemknn"), default_source: bool = False
+) -> Path:
+    """A throw-away project: the code, params.yaml on a synthetic parquet raw file.
+
+    default_source: params.yaml's own source instead (MovieLens-100K in data/raw/ml-100k, as
+    synthetic ratings in u.data's layout: CI cannot download MovieLens), with DVC tracking
+    data/raw through data.dvc as in the repository.
+    """
     from tasks.synth import synthesize
 
     proj = root / "proj"
@@ -65,11 +73,30 @@ def make_project(root: Path, models: tuple[str, ...] = ("popularity", "itemknn")
     for name in ("prefect.yaml", "prefect_deploy.py"):
         shutil.copy(ROOT / "deploy" / name, proj / "deploy" / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["ingest"].update(source="parquet", path="data/raw/synth/interactions.parquet")
     params["train"].update(max_epochs=1, patience=1, models=list(models))
-    (proj / "params.yaml").write_text(yaml.safe_dump(params))
     synthesize(proj / "data/raw/synth", n_users=200, n_items=150, n_interactions=8000, seed=42)
+    if default_source:
+        raw = proj / params["ingest"]["path"]
+        raw.mkdir(parents=True)
+        ratings = pl.read_parquet(proj / "data/raw/synth/interactions.parquet")
+        write_u_data(ratings, raw / "u.data")
+        shutil.rmtree(proj / "data/raw/synth")
+        (proj / "data.dvc").write_text("outs:\n- path: data/raw\n")
+        dvc = [str(BIN / "dvc")]
+        for cmd in (["init", "--no-scm", "-q"], ["commit", "-f", "-q", "data.dvc"]):
+            subprocess.run([*dvc, *cmd], cwd=proj, check=True, capture_output=True)
+    else:
+        params["ingest"].update(source="parquet", path="data/raw/synth/interactions.parquet")
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
     return proj
+
+
+def write_u_data(interactions: pl.DataFrame, path: Path) -> None:
+    """MovieLens-100K's u.data layout: user, item, integer rating, epoch seconds; tabs."""
+    rows = interactions.select(
+        "user_id", "item_id", pl.col("rating").round().cast(pl.Int64), "timestamp"
+    )
+    rows.write_csv(path, separator="\t", include_header=False)
 
 
 def wait_for_runs(api: str, ids: list[str], timeout: float = 600) -> list[dict]:
@@ -122,12 +149,9 @@ class Stack:
         return created["id"]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One server + process work pool + worker + the deployments, shared by this module's UI
-    tests (starting them takes most of a minute on two busy cores)."""
-    tmp = tmp_path_factory.mktemp("orchestration")
-    proj = make_project(tmp)
+@contextlib.contextmanager
+def running_stack(tmp: Path, proj: Path) -> Iterator[Stack]:
+    """A server, a process work pool, the deployments of `proj` and a worker started in it."""
     home = tmp / "prefect-home"
     server, api = start_prefect_server(home, tmp / "prefect-server.log")
     worker = None
@@ -150,6 +174,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if worker is not None:
             stop(worker)
         stop(server)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack shared by this module's UI tests (starting it takes most of a minute on two
+    busy cores)."""
+    tmp = tmp_path_factory.mktemp("orchestration")
+    with running_stack(tmp, make_project(tmp)) as stack:
+        yield stack
 
 
 # --- tests ------------------------------------------------------------------------------------
@@ -398,14 +431,18 @@ def run_flow(proj: Path, env: dict[str, str], check: bool = True, **kwargs: Any)
     return run(cmd, proj, env, check=check)
 
 
-def new_interactions(proj: Path, rows: int, seed: int) -> pl.DataFrame:
-    """Synthetic interactions of the same users and items, later than everything so far."""
+def new_interactions(
+    proj: Path, rows: int, seed: int, raw: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """Synthetic interactions of the same users and items, later than everything so far
+    (`raw`, by default the project's synthetic parquet source)."""
     from tasks.synth import synthesize
 
     folder = proj.parent / f"synth-{seed}"
     synthesize(folder, n_users=200, n_items=150, n_interactions=max(rows, 1000), seed=seed)
     new = pl.read_parquet(folder / "interactions.parquet").head(rows)
-    raw = pl.read_parquet(proj / "data/raw/synth/interactions.parquet")
+    if raw is None:
+        raw = pl.read_parquet(proj / "data/raw/synth/interactions.parquet")
     shift = int(raw["timestamp"].max()) - int(new["timestamp"].min()) + 1
     return new.with_columns(pl.col("timestamp") + shift)
 
@@ -431,8 +468,11 @@ def test_retrain_appends_new_data_and_changes_the_champion_exactly_when_the_deci
     # new interactions arrive; retrain with item-kNN as the challenger
     incoming.mkdir(parents=True)
     new_interactions(proj, 2000, seed=7).write_parquet(incoming / "week-1.parquet")
+    raw_bytes = raw.read_bytes()
     run_flow(proj, env, incoming="data/incoming")
-    assert pl.read_parquet(raw).height == 8000 + 2000
+    assert raw.read_bytes() == raw_bytes  # appended as a part; the source is never rewritten
+    assert len(list((proj / "data/raw/appended").glob("*.parquet"))) == 1
+    assert pl.read_parquet(proj / "data/interim/interactions.parquet").height == 8000 + 2000
     assert not list(incoming.glob("*.parquet"))
     assert len(list((incoming / "processed").rglob("week-1.parquet"))) == 1
     decision = json.loads((proj / "reports/evaluation/decision.json").read_text())
@@ -446,7 +486,6 @@ def test_retrain_appends_new_data_and_changes_the_champion_exactly_when_the_deci
 
     # data that drifts too far is rejected: the flow fails, raw data and champion untouched
     pointer = (proj / "artifacts/champion.json").read_bytes()
-    raw_bytes = raw.read_bytes()
     new_interactions(proj, 12000, seed=8).write_parquet(incoming / "week-2.parquet")
     failed = run_flow(proj, env, check=False, incoming="data/incoming")
     assert failed.returncode != 0
@@ -463,4 +502,49 @@ def test_retrain_appends_new_data_and_changes_the_champion_exactly_when_the_deci
     (bad,) = (incoming / "rejected").rglob("week-3.csv")
     assert "missing column(s)" in (bad.parent / "REASON.txt").read_text()
     assert raw.read_bytes() == raw_bytes
+    assert len(list((proj / "data/raw/appended").glob("*.parquet"))) == 1
     assert (proj / "artifacts/champion.json").read_bytes() == pointer
+
+
+def test_the_retrain_deployment_appends_a_file_to_the_default_project(tmp_path: Path):
+    """The shipped params.yaml (a MovieLens-100K source), its weekly `retrain` deployment run
+    by a worker: a file in u.data's layout dropped into data/incoming/ becomes a part of the
+    raw store, which DVC records in data.dvc; u.data itself is never rewritten."""
+    proj = make_project(tmp_path, models=("popularity",), default_source=True)
+    u_data = proj / "data/raw/ml-100k/u.data"
+    before = u_data.read_bytes()
+    recorded = (proj / "data.dvc").read_text()
+    with running_stack(tmp_path, proj) as stack:
+        first = stack.start("recsys-pipeline/full")
+        (done,) = wait_for_runs(stack.api, [first])
+        assert done["state_type"] == "COMPLETED", stack.worker_log.read_text()[-3000:]
+        assert champion(proj) is not None
+
+        incoming = proj / "data/incoming"
+        incoming.mkdir()
+        new = new_interactions(
+            proj,
+            800,
+            seed=7,
+            raw=pl.read_csv(
+                u_data,
+                separator="\t",
+                has_header=False,
+                new_columns=["user_id", "item_id", "rating", "timestamp"],
+            ),
+        )
+        write_u_data(new, incoming / "week-1.data")
+        retrain = stack.start("recsys-pipeline/retrain")
+        (done,) = wait_for_runs(stack.api, [retrain])
+        assert done["state_type"] == "COMPLETED", stack.worker_log.read_text()[-3000:]
+
+    assert u_data.read_bytes() == before
+    assert len(list((proj / "data/raw/appended").glob("*.parquet"))) == 1
+    assert len(list((incoming / "processed").rglob("week-1.data"))) == 1
+    interactions = pl.read_parquet(proj / "data/interim/interactions.parquet")
+    assert interactions.height == 8000 + 800
+    assert (proj / "data.dvc").read_text() != recorded
+    status = run([str(BIN / "dvc"), "status", "-q", "data.dvc"], proj, stack.env, check=False)
+    assert status.returncode == 0, status.stdout  # the new raw version is the recorded one
+    decision = json.loads((proj / "reports/evaluation/decision.json").read_text())
+    assert decision["champion"].startswith("popularity@")

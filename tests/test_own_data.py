@@ -407,3 +407,30 @@ def test_content_based_uses_the_beauty_attributes(tmp_path: Path):
         m: train(m, out, tmp_path / "models" / m, params) for m in ("popularity", "content_based")
     }
     assert scores["content_based"]["ndcg@10"] > 2 * scores["popularity"]["ndcg@10"]
+
+
+def test_without_item_categories_diversity_is_not_available_never_a_constant(tmp_path: Path):
+    """Intra-list diversity needs item categories: without them the metric is absent, the
+    report says n/a and no guardrail is checked on it; with them it is measured."""
+    from tasks.evaluate import evaluate
+    from tasks.params import load_params
+    from tasks.train import train
+
+    params = load_params(ROOT / "params.yaml", {"evaluate.protocols": ["loo"]})
+    for name, attributes in (("bare", False), ("rich", True)):
+        features = benchmark_features(tmp_path / name, with_attributes=attributes)
+        models, out = tmp_path / name / "models", tmp_path / name / "evaluation"
+        for model in ("popularity", "itemknn"):
+            train(model, features, models / model, params)
+        summary = evaluate(features, models, out, params, dvc_file=tmp_path / "none.dvc")
+        beyond = pl.read_csv(out / "metrics.csv").filter(pl.col("protocol") == "loo/beyond")
+        guardrails = json.loads((out / "comparison.json").read_text())["challengers"][0]
+        if attributes:
+            assert all(0.0 < d < 1.0 for d in beyond["diversity@10"])
+            assert "diversity@10" in guardrails["guardrails"]
+        else:
+            assert "diversity@10" not in beyond.columns or beyond["diversity@10"].is_null().all()
+            assert "diversity@10" not in guardrails["guardrails"]
+            beyond = summary["report"].split("Leave-one-out, beyond accuracy")[1]
+            rows = [line for line in beyond.splitlines() if line.startswith("| itemknn")]
+            assert rows and rows[0].count("| n/a") == 1
