@@ -434,3 +434,70 @@ def test_without_item_categories_diversity_is_not_available_never_a_constant(tmp
             beyond = summary["report"].split("Leave-one-out, beyond accuracy")[1]
             rows = [line for line in beyond.splitlines() if line.startswith("| itemknn")]
             assert rows and rows[0].count("| n/a") == 1
+
+
+def write_topic_benchmark(folder: Path, seed: int = 5) -> tuple[Path, Path]:
+    """A generated set in the S3-Rec form whose item attributes carry the generator's topics:
+    one line per user (`user item item ...`, in time order) and `item -> [attribute ids]`."""
+    from tasks.synth import synthesize
+
+    synthesize(folder / "synth", n_users=200, n_items=120, n_interactions=5000, seed=seed)
+    log = pl.read_parquet(folder / "synth/interactions.parquet").sort(
+        "timestamp", maintain_order=True
+    )
+    lines = log.group_by("user_id", maintain_order=True).agg("item_id")
+    seq = folder / "Topics.txt"
+    seq.write_text("".join(f"{u} {' '.join(items)}\n" for u, items in lines.iter_rows()))
+    genres = pl.read_parquet(folder / "synth/items.parquet").select("item_id", "genres")
+    attributes = {
+        item: [int(g.removeprefix("genre_")) + 1 for g in names]
+        for item, names in genres.iter_rows()
+    }
+    meta = folder / "Topics_item2attributes.json"
+    meta.write_text(json.dumps(attributes))
+    return seq, meta
+
+
+@pytest.mark.slow
+def test_one_user_per_line_with_attributes_from_ingest_to_serve(tmp_path: Path):
+    """The S3-Rec form with its attribute JSON: content-based and two-tower train on the
+    attributes, are exported and served; the service filters by attribute."""
+    from tasks import registry
+    from tasks.export import export
+    from tasks.params import load_params
+    from tasks.train import train
+    from tests.test_serve import server
+
+    seq, meta = write_topic_benchmark(tmp_path / "raw")
+    interim, report, features = tmp_path / "interim", tmp_path / "report", tmp_path / "features"
+    ingest("seq", seq, interim, items=MetadataParams(path=str(meta)))
+    validate(interim, report, ValidateParams())
+    build_features(interim, features, FeaturesParams(), 0, report)
+    manifest = json.loads((features / "manifest.json").read_text())
+    assert manifest["item_features"]["genres"] > 0  # the attribute ids are the item features
+    params = load_params(
+        ROOT / "params.yaml", {"features.out": str(features), "train.max_epochs": 3}
+    )
+    models, artifacts = tmp_path / "models", tmp_path / "artifacts"
+    versions = {}
+    for name in ("popularity", "content_based", "two_tower"):
+        metrics = train(name, features, models / name, params)
+        assert "missing_data" not in metrics, (name, metrics["missing_data"])
+        versions[name] = export(
+            name, models, features, artifacts, parity_users=16, latency_calls=5, data_dvc=None
+        )["version"]
+    scores = {m: json.loads((models / m / "metrics.json").read_text()) for m in versions}
+    # the attributes carry the generator's topics: content-based reads them, popularity cannot
+    assert scores["content_based"]["ndcg@10"] > scores["popularity"]["ndcg@10"]
+
+    registry.promote(artifacts, "two_tower", versions["two_tower"], "test")
+    user = seq.read_text().split(maxsplit=1)[0]
+    with server(artifacts, tmp_path / "serve.log") as client:
+        answer = client.get(f"/recommend/{user}", params={"k": 5}).json()
+        assert answer["model"] == "two_tower" and not answer["fallback"]
+        assert len(answer["items"]) == 5
+        tag = answer["items"][0]["genres"][0]
+        only = client.get(f"/recommend/{user}", params={"k": 5, "include_genres": tag}).json()
+        assert only["items"] and all(tag in item["genres"] for item in only["items"])
+        similar = client.get(f"/items/{answer['items'][0]['item_id']}/similar", params={"k": 3})
+        assert similar.status_code == 200 and len(similar.json()["items"]) == 3
