@@ -25,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -144,7 +145,8 @@ def bench_run(variant: str, seed: int, features: Path, data, work: Path) -> dict
         cmd += ["--set", item]
     load_before = os.getloadavg()[1]
     started = dt.datetime.now().isoformat(timespec="seconds")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out.parent, ignore_errors=True)  # a fresh training: no checkpoint resumed
+    out.parent.mkdir(parents=True)
     wall, rss = run_timed(cmd, out.parent / "train.log", cwd=ROOT)
     val = read_metrics(out)
     test = evaluate_model(load_model(out, data), data, "test")
