@@ -197,6 +197,17 @@ def cmd_tune(args: argparse.Namespace) -> None:
         print(f"{args.params}: train.{args.model}: set {', '.join(changed)}")
 
 
+def cmd_embed_items(args: argparse.Namespace) -> None:
+    from tasks.new_items import embed_items
+
+    params = load_params(args.params, _overrides(args))
+    items = dataclasses.replace(params.ingest.items, path=args.items)
+    artifacts = args.artifacts or params.evaluate.artifacts
+    summary = embed_items(items, artifacts, params.features.text)
+    print_summary("embed-items", summary)
+    print_wrote(summary["folder"])
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from tasks.export import export
 
@@ -562,6 +573,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="artifacts", help="artifacts folder (default: artifacts)")
     _add_params(p)
 
+    p = add(
+        "embed-items",
+        cmd_embed_items,
+        "Encode items added after export (their text) into artifacts/new_items/, where the "
+        "service finds items similar to them in text.",
+    )
+    p.add_argument(
+        "items", help="item metadata file, read with params.yaml ingest.items' column map"
+    )
+    p.add_argument("--artifacts", help="artifacts folder (default: params.yaml evaluate.artifacts)")
+    _add_params(p)
+
     p = add("promote", cmd_promote, "Make an exported version the champion the server serves.")
     p.add_argument("model", help="model name, a folder of --artifacts")
     p.add_argument("version", help="a version folder of artifacts/<model>/")
@@ -623,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--incoming",
         metavar="DIR",
-        help="retrain: append DIR's new *.parquet/*.csv files to the raw data once validated",
+        help="retrain: append DIR's new files (the source's layout, or Parquet/CSV through "
+        "ingest.columns) to the raw data as parts, once validated",
     )
     p.add_argument(
         "--no-release", action="store_true", help="stop after evaluate: no export, no promotion"
@@ -636,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that write into the project's folders: they hold the pipeline lock the Prefect flow
 # holds (flows/locking.py), so a command and a flow, or two commands, never interleave writes.
 WRITING_COMMANDS = {"fetch", "ingest", "synth", "validate", "features", "train", "evaluate"}
-WRITING_COMMANDS |= {"export", "promote"}
+WRITING_COMMANDS |= {"export", "promote", "embed-items"}
 
 
 def run_locked(args: argparse.Namespace) -> None:

@@ -60,6 +60,11 @@ class SimilarItems(BaseModel):
     version: str = Field(description="the artifact version that answered")
     item_id: str = Field(description="the item asked for (never in `items`)")
     score_scale: ScoreScale = Field(description="the scale of every score in `items`")
+    similar_by: Literal["neighbours", "cosine", "one_item_history", "text"] = Field(
+        description="how: item-kNN's neighbour lists, cosine of the model's item vectors, the "
+        "model's scores for a history of that item alone, or item text embeddings (an item "
+        "added after export by `recsys embed-items`, unknown to the model)"
+    )
     items: list[Item] = Field(description="at most k items, most similar first")
 
 

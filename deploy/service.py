@@ -7,7 +7,9 @@ Endpoints (ids are the ORIGINAL ids of the data, as in the raw files):
        drives the model; an unknown user gets the popularity fallback ("fallback": true)
 - POST /recommend  {"items": [...], "k": 10, "include_genres": [...], "exclude_genres": [...]}
 - GET  /items/{item_id}/similar?k=10   item-kNN: its neighbour lists; models with item
-       embeddings: cosine over them; other history models: their scores for that item alone
+       embeddings: cosine over them; other history models: their scores for that item alone;
+       an item added after export (`recsys embed-items`, artifacts/new_items/): the catalogue
+       by text similarity, when the artifact carries text embeddings of the same encoder
 Above export.ann.min_items items, dot-product models answer through an HNSW index: a candidate
 pool re-scored exactly and filtered (tasks/artifact_store.py, tasks/ann.py).
 - GET  /healthz (the process is up), /readyz (a model is loaded), /metrics (Prometheus)
@@ -65,7 +67,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from deploy import schemas
-from tasks.artifact_store import Recommendation, ServedModel, VerificationError
+from tasks.artifact_store import (
+    NEW_ITEMS,
+    NewItems,
+    Recommendation,
+    ServedModel,
+    VerificationError,
+    read_new_items,
+)
 from tasks.errors import RecsysError
 from tasks.registry import champion_folder, list_versions, read_champion
 
@@ -301,6 +310,33 @@ DOCS_POLICY = (
 )
 
 
+class NewItemsFile:
+    """artifacts/new_items/, reread when its manifest changes (a new `recsys embed-items`)."""
+
+    def __init__(self, artifacts: Path):
+        self.manifest = artifacts / NEW_ITEMS / "manifest.json"
+        self.artifacts = artifacts
+        self.stamp: tuple[int, int] | None = None
+        self.items: NewItems | None = None
+        self.lock = threading.Lock()
+
+    def get(self) -> NewItems | None:
+        try:
+            stat = self.manifest.stat()
+            stamp = (stat.st_mtime_ns, stat.st_ino)
+        except FileNotFoundError:
+            return None
+        with self.lock:
+            if stamp != self.stamp:
+                try:
+                    self.items = read_new_items(self.artifacts)
+                except RecsysError as exc:  # a broken folder answers 404s, said once per change
+                    log.error("%s", exc)
+                    self.items = None
+                self.stamp = stamp
+            return self.items
+
+
 class BodyLimit:
     """ASGI middleware: a request body over `max_bytes` gets 413 before it is held in memory.
 
@@ -426,6 +462,7 @@ def create_app(
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
     app.state.champion = champion
+    new_items = NewItemsFile(Path(artifacts))
     # added before `count`, so it runs inside it: the 413s are counted too
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
@@ -548,18 +585,34 @@ def create_app(
         by its neighbour lists, models with item vectors by cosine, other history models by
         their scores for that item alone; a 404 for models with no notion of it."""
         model = serving()
+        body = {"model": model.name, "version": model.version, "item_id": item_id}
+        idx = model.item_index.get(item_id)
+        if idx is None:
+            return body | similar_new_item(model, item_id, k)
         if model.similar_by is None:
             raise HTTPException(
                 404,
                 f"model {model.name} has no item similarity (it scores users by id alone "
                 "or everyone the same)",
             )
-        idx = model.item_index.get(item_id)
-        if idx is None:
-            raise HTTPException(404, f"unknown item id {item_id!r}")
         items = model.similar(idx, k)
-        body = {"model": model.name, "version": model.version, "item_id": item_id}
-        return body | {"score_scale": "cosine", "items": items}
+        scale = "model" if model.similar_by == "one_item_history" else "cosine"
+        return body | {"score_scale": scale, "similar_by": model.similar_by, "items": items}
+
+    def similar_new_item(model: ServedModel, item_id: str, k: int) -> dict[str, Any]:
+        """An item added after export (`recsys embed-items`): the catalogue by text."""
+        found = new_items.get()
+        row = found.find(item_id) if found is not None else None
+        if row is None:
+            raise HTTPException(404, f"unknown item id {item_id!r}")
+        if model.text_encoder != found.encoder_sha256:
+            raise HTTPException(
+                404,
+                f"item {item_id!r} is known by its text only, and model {model.name} "
+                "was exported without text embeddings of the same encoder",
+            )
+        items = model.similar_in_text(found.vectors[row], k)
+        return {"score_scale": "cosine", "similar_by": "text", "items": items}
 
     @app.get("/healthz", tags=["operations"], summary="Liveness", response_model=schemas.Health)
     def healthz() -> dict[str, str]:

@@ -23,8 +23,11 @@ import polars as pl
 
 from tasks import ann
 from tasks.errors import RecsysError
-from tasks.io import file_sha256
+from tasks.io import file_sha256, staged_dir
 from tasks.registry import MANIFEST, verify_version
+
+TEXT_VECTORS = "item_text.npy"  # export's item text embeddings, rows by item_idx
+NEW_ITEMS = "new_items"  # artifacts/new_items/: items encoded after export (`recsys embed-items`)
 
 
 class VerificationError(RecsysError):
@@ -91,6 +94,9 @@ class ServedModel:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             self.item_vectors = vectors
             self.unit_vectors = vectors / np.maximum(norms, 1e-12)
+        self.text_vectors = None
+        if self.manifest.get("text"):  # unit rows, zero where an item has no text
+            self.text_vectors = npy(self.manifest["text"]["file"]).astype(np.float32)
         self.neighbours = self.neighbour_sims = None
         if (folder / "neighbours.npy").is_file():  # item-kNN's top-k lists
             self.neighbours = npy("neighbours.npy").astype(np.int64)
@@ -350,6 +356,20 @@ class ServedModel:
             raise LookupError(f"model {self.name} has no item similarity")
         return self.top_k(scores, k, np.array([item_idx]), [], [])
 
+    def similar_in_text(self, vector: np.ndarray, k: int) -> list[dict[str, Any]]:
+        """The k catalogue items whose text embeddings are nearest to `vector` (a unit row in
+        the same encoder's space); items without text never appear."""
+        if self.text_vectors is None:
+            raise LookupError(f"model {self.name} was exported without item text embeddings")
+        scores = self.text_vectors @ vector.astype(np.float32)
+        without_text = np.flatnonzero(~self.text_vectors.any(axis=1))
+        return self.top_k(scores, k, without_text, [], [])
+
+    @property
+    def text_encoder(self) -> str | None:
+        """The sha256 of the encoder weights the text embeddings came from (None: no text)."""
+        return (self.manifest.get("text") or {}).get("weights_sha256")
+
     def summary(self) -> dict[str, Any]:
         return {
             "model": self.name,
@@ -360,6 +380,7 @@ class ServedModel:
             "users": len(self.user_index),
             "item_embeddings": self.item_vectors is not None,
             "similar_by": self.similar_by,
+            "item_text": self.text_vectors is not None,
             "retrieval": (self.ann or {}).get("kind", "exact"),
         }
 
@@ -390,3 +411,84 @@ class RemappedScorer:
         out = np.full((len(served), len(self.items)), -np.inf, dtype=np.float32)
         out[:, self.known] = served[:, self.items[self.known]]
         return out
+
+
+# --- items added after export ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewItems:
+    """Items encoded after export (`recsys embed-items`), found by text only: their ids, titles,
+    genres and unit text vectors, in the encoder space `encoder_sha256` names."""
+
+    ids: list[str]
+    titles: list[str]
+    genres: list[list[str]]
+    vectors: np.ndarray
+    encoder_sha256: str
+
+    def find(self, item_id: str) -> int | None:
+        try:
+            return self.ids.index(item_id)
+        except ValueError:
+            return None
+
+
+def write_new_items(
+    artifacts_dir: str | Path, items: pl.DataFrame, vectors: np.ndarray, encoder: dict[str, Any]
+) -> Path:
+    """Add `items` (item_id, title, genres) with their text vectors to artifacts/new_items/,
+    replacing earlier rows of the same ids; the folder is replaced whole, so a reader sees the
+    old set or the new one. Refused when the folder holds vectors of another encoder."""
+    folder = Path(artifacts_dir) / NEW_ITEMS
+    old = read_new_items(artifacts_dir)
+    sha = str(encoder["weights_sha256"])
+    if old is not None and old.encoder_sha256 != sha:
+        raise RecsysError(
+            f"{folder}: holds vectors of encoder {old.encoder_sha256[:12]}, not {sha[:12]}; "
+            "remove the folder to start over"
+        )
+    frame = items.select("item_id", "title", "genres").with_columns(
+        pl.Series("row", np.arange(items.height))
+    )
+    rows = [vectors.astype(np.float32)]
+    if old is not None:
+        keep = [i for i, item in enumerate(old.ids) if item not in set(frame["item_id"])]
+        earlier = pl.DataFrame(
+            {
+                "item_id": [old.ids[i] for i in keep],
+                "title": [old.titles[i] for i in keep],
+                "genres": [old.genres[i] for i in keep],
+            },
+            schema={"item_id": pl.String, "title": pl.String, "genres": pl.List(pl.String)},
+        )
+        frame = pl.concat([earlier.with_columns(pl.Series("row", np.arange(len(keep)))), frame])
+        rows = [old.vectors[keep], rows[0]]
+    with staged_dir(folder, owned=MANIFEST) as tmp:
+        frame.drop("row").write_parquet(tmp / "items.parquet")
+        np.save(tmp / "vectors.npy", np.concatenate(rows).astype(np.float32))
+        manifest = {"encoder": encoder, "items": frame.height}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+def read_new_items(artifacts_dir: str | Path) -> NewItems | None:
+    """artifacts/new_items/ as written by write_new_items; None where there is none."""
+    folder = Path(artifacts_dir) / NEW_ITEMS
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        items = pl.read_parquet(folder / "items.parquet")
+        vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+        raise RecsysError(f"{folder}: cannot read the new items ({exc})") from exc
+    if vectors.shape[0] != items.height:
+        raise RecsysError(f"{folder}: {vectors.shape[0]} vectors for {items.height} items")
+    return NewItems(
+        ids=items["item_id"].to_list(),
+        titles=[t or "" for t in items["title"].to_list()],
+        genres=[list(g or []) for g in items["genres"].to_list()],
+        vectors=vectors,
+        encoder_sha256=str(manifest["encoder"]["weights_sha256"]),
+    )

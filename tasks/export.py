@@ -56,6 +56,7 @@ from recsys_models.spec import (
     ModelSpec,
 )
 from tasks import ann, model_store
+from tasks.artifact_store import TEXT_VECTORS
 from tasks.errors import RecsysError
 from tasks.feature_store import (
     full_histories,
@@ -128,6 +129,7 @@ def export(
             queries = rows[: ann_params.recall_queries], users
             index = _write_index(tmp, spec, net, data, ann_params, *queries)
             _copy_features(features_dir, tmp, data)
+            text = _write_text(features_dir, tmp, data)
             manifest = {
                 "format_version": FORMAT_VERSION,
                 "name": name,
@@ -152,6 +154,7 @@ def export(
                 "parity": parity,
                 "latency": latency,
                 **({"ann": index} if index else {}),
+                **({"text": text} if text else {}),
                 "files": {
                     str(p.relative_to(tmp)): file_sha256(p)
                     for p in sorted(tmp.rglob("*"))
@@ -497,6 +500,19 @@ def _copy_features(features_dir: Path, out: Path, data: Any) -> None:
     np.save(out / "seen_indptr.npy", indptr)
     np.save(out / "seen_items.npy", items)
     np.save(out / "histories.npy", last_items(indptr, items, data.max_seq_len))
+
+
+def _write_text(features_dir: Path, out: Path, data: Any) -> dict[str, Any] | None:
+    """item_text.npy: the features' item text embeddings (unit rows, zero where an item has no
+    text) as float16, so the service finds items similar in text, for items no model has seen
+    too (`recsys embed-items`), without torch or the encoder. The manifest's "text" entry names
+    the encoder whose space they are in."""
+    if data.item_text is None:
+        return None
+    np.save(out / TEXT_VECTORS, np.ascontiguousarray(data.item_text, dtype=np.float16))
+    recorded = json.loads((features_dir / "manifest.json").read_text())["text_features"]
+    keep = ("encoder", "package", "weights_sha256", "dim", "columns", "items_with_text")
+    return {key: recorded[key] for key in keep} | {"file": TEXT_VECTORS}
 
 
 def last_items(indptr: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:

@@ -33,9 +33,7 @@ SEPARATOR = ". "
 
 
 def item_texts(items_path: Path, item_map: pl.DataFrame) -> tuple[list[str], list[str]]:
-    """(text of each item_idx 1..I in order, "" when it has none; the columns used).
-
-    The text is the item's string columns (title first) joined; ids are not text."""
+    """(text of each item_idx 1..I in order, "" when it has none; the columns used)."""
     texts = [""] * item_map.height
     if not Path(items_path).is_file():
         return texts, []
@@ -43,21 +41,33 @@ def item_texts(items_path: Path, item_map: pl.DataFrame) -> tuple[list[str], lis
         items = pl.read_parquet(items_path)
     except pl.exceptions.PolarsError as exc:
         raise RecsysError(f"{items_path}: cannot read ({exc})") from exc
-    columns = [c for c, t in items.schema.items() if t == pl.String and c != "item_id"]
-    columns.sort(key=lambda c: (c != "title", c))
-    if not columns or "item_id" not in items.columns:
+    if "item_id" not in items.columns:
         return texts, []
     items = items.with_columns(pl.col("item_id").cast(pl.String)).unique(
         "item_id", keep="first", maintain_order=True
     )
+    found, columns = texts_of(items)
+    if not columns:
+        return texts, []
+    table = item_map.join(
+        items.select("item_id", pl.Series("text", found)), on="item_id", how="left"
+    ).sort("item_idx")
+    return [t or "" for t in table["text"].to_list()], columns
+
+
+def texts_of(items: pl.DataFrame) -> tuple[list[str], list[str]]:
+    """(the text of each row of an items table, "" when it has none; the columns used).
+
+    The text is the item's string columns (title first) joined; ids are not text."""
+    columns = [c for c, t in items.schema.items() if t == pl.String and c != "item_id"]
+    columns.sort(key=lambda c: (c != "title", c))
+    if not columns:
+        return [""] * items.height, []
     joined = pl.concat_str(
         [pl.col(c).str.strip_chars() for c in columns], separator=SEPARATOR, ignore_nulls=True
     )
-    table = item_map.join(
-        items.select("item_id", joined.alias("text")), on="item_id", how="left"
-    ).sort("item_idx")
-    texts = [t or "" for t in table["text"].to_list()]
-    return [t.strip(SEPARATOR + " ") for t in texts], columns
+    texts = items.select(joined.alias("text"))["text"].to_list()
+    return [(t or "").strip(SEPARATOR + " ") for t in texts], columns
 
 
 def text_key(text: str) -> str:

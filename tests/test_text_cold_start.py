@@ -136,3 +136,41 @@ def test_the_export_carries_the_text_and_needs_no_encoder(features, tmp_path, na
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_an_item_added_after_export_is_served_similar_items_by_its_text(features, tmp_path):
+    """`recsys embed-items` encodes items no model has seen; the service ranks the exported
+    catalogue by text similarity for them (no torch, no encoder in the service)."""
+    from tasks import registry
+    from tasks.new_items import embed_items
+    from tasks.params import MetadataColumnsParams, MetadataParams
+    from tasks.synth import THEMES
+    from tests.test_serve import server
+
+    params = load_params(ROOT / "absent.yaml", {"features.out": str(features)})
+    models, artifacts = tmp_path / "models", tmp_path / "artifacts"
+    train_stage.train("itemknn", features, models / "itemknn", params)
+    manifest = export_stage.export(
+        "itemknn", models, features, artifacts, parity_users=16, latency_calls=5, data_dvc=None
+    )
+    assert manifest["text"]["dim"] == text_encoder.DIM and "item_text.npy" in manifest["files"]
+    registry.promote(artifacts, "itemknn", manifest["version"], "test")
+
+    space, cooking = THEMES[0].split(), THEMES[1].split()
+    new = tmp_path / "new_items.csv"
+    new.write_text(f"item_id,title\nnew-1,{' '.join(space[:4])}\nnew-2,{' '.join(cooking[:4])}\n")
+    meta = MetadataParams(path=str(new), columns=MetadataColumnsParams(title="title"))
+    text = TextParams(enabled="true", cache=str(tmp_path / "cache"))
+    done = embed_items(meta, artifacts, text)
+    assert done["items"] == 2 and done["encoded"] == 2
+
+    with server(artifacts, tmp_path / "serve.log") as client:
+        for item_id, words in (("new-1", space), ("new-2", cooking)):
+            answer = client.get(f"/items/{item_id}/similar", params={"k": 5}).json()
+            assert answer["similar_by"] == "text" and answer["score_scale"] == "cosine"
+            titles = [item["title"] for item in answer["items"]]
+            on_topic = [t for t in titles if set(t.split()) & set(words)]
+            assert len(on_topic) >= 4, titles  # the synthetic titles carry the topic's words
+        known = client.get("/items/1/similar", params={"k": 3}).json()
+        assert known["similar_by"] == "neighbours"
+        assert client.get("/items/no-such-item/similar").status_code == 404
