@@ -317,7 +317,8 @@ def evaluate(
         else [],
         "data_version": version,
     }
-    with staged_dir(out_dir, [features_dir, models_dir], owned="catalogue.json") as tmp:
+    # metrics.json: the stage always writes it, and a fresh clone has it (git tracks it)
+    with staged_dir(out_dir, [features_dir, models_dir], owned="metrics.json") as tmp:
         write_json(cards, tmp / "cards.json")
         write_json(_metrics_json(scored), tmp / "metrics.json")
         pl.DataFrame([_flat_row(row) for row in rows]).write_csv(tmp / "metrics.csv")

@@ -354,6 +354,25 @@ def test_stale_models_are_refused(trained, tmp_path: Path):
     ]
 
 
+def test_a_fresh_clones_report_folder_is_evaluated_into(trained, tmp_path: Path):
+    """git tracks reports/evaluation/metrics.json alone, so a fresh clone's folder holds just
+    that file: the stage's own output, replaced, never refused as someone else's folder."""
+    features, models, params = trained
+    out = tmp_path / "reports" / "evaluation"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text('{"loo": {}}\n')
+    evaluate(features, models, out, params, dvc_file=tmp_path / "none.dvc")
+    assert "popularity" in json.loads((out / "metrics.json").read_text())["loo"]
+    assert (out / "catalogue.json").is_file()
+
+    other = tmp_path / "other"
+    (other / "notes.txt").parent.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(RecsysError, match="holds files this stage did not write"):
+        evaluate(features, models, other, params, dvc_file=tmp_path / "none.dvc")
+    assert (other / "notes.txt").read_text() == "mine"
+
+
 def test_no_trained_model_is_a_clear_error(trained, tmp_path: Path):
     features, _, params = trained
     with pytest.raises(RecsysError, match="no trained model"):

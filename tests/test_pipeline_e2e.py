@@ -39,7 +39,9 @@ def project(tmp_path: Path) -> Path:
     """A throw-away git + DVC project with the repo's stage graph and a synthetic raw file."""
     proj = tmp_path / "proj"
     proj.mkdir()
-    for name in ("dvc.yaml", "data.dvc", ".dvcignore"):
+    # .gitignore too: git then holds what a clone of the repository holds (of the reports,
+    # reports/evaluation/metrics.json alone)
+    for name in ("dvc.yaml", "data.dvc", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, proj / name)
     for package in ("tasks", "recsys_models"):
         shutil.copytree(
