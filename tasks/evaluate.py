@@ -317,8 +317,10 @@ def evaluate(
         else [],
         "data_version": version,
     }
-    # metrics.json: the stage always writes it, and a fresh clone has it (git tracks it)
-    with staged_dir(out_dir, [features_dir, models_dir], owned="metrics.json") as tmp:
+    # Both are always written: a fresh clone holds metrics.json alone (git tracks it), and
+    # `dvc repro` removes every output but catalogue.json (persist) before running the stage.
+    mine = ("metrics.json", "catalogue.json")
+    with staged_dir(out_dir, [features_dir, models_dir], owned=mine) as tmp:
         write_json(cards, tmp / "cards.json")
         write_json(_metrics_json(scored), tmp / "metrics.json")
         pl.DataFrame([_flat_row(row) for row in rows]).write_csv(tmp / "metrics.csv")

@@ -41,12 +41,15 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def check_output(out_dir: str | Path, inputs: Iterable[str | Path] = (), owned: str = "") -> None:
+def check_output(
+    out_dir: str | Path, inputs: Iterable[str | Path] = (), owned: str | tuple[str, ...] = ""
+) -> None:
     """Refuse an output folder that a stage's swap would destroy something in.
 
     It must not be the project folder (the working directory) or hold it, must not hold or lie
     inside any of `inputs`, and when it already exists with content, that content must be a
-    previous output of this stage: `owned` names a file the stage always writes there.
+    previous output of this stage: `owned` names a file the stage always writes there (or
+    several, any one of which marks the folder as the stage's own).
     """
     out = Path(out_dir).resolve()
     cwd = Path.cwd().resolve()
@@ -58,16 +61,19 @@ def check_output(out_dir: str | Path, inputs: Iterable[str | Path] = (), owned: 
             raise RecsysError(
                 f"{out_dir}: overlaps the input {source}; the output must be a folder of its own"
             )
-    if out.is_dir() and owned and any(out.iterdir()) and not (out / owned).exists():
+    marks = (owned,) if isinstance(owned, str) else owned
+    marks = tuple(m for m in marks if m)
+    if out.is_dir() and marks and any(out.iterdir()) and not any((out / m).exists() for m in marks):
         raise RecsysError(
-            f"{out_dir}: exists and holds files this stage did not write (no {owned}); "
+            f"{out_dir}: exists and holds files this stage did not write (no "
+            f"{' or '.join(marks)}); "
             "choose a new or empty folder, or remove it first"
         )
 
 
 @contextlib.contextmanager
 def staged_dir(
-    out_dir: str | Path, inputs: Iterable[str | Path] = (), owned: str = ""
+    out_dir: str | Path, inputs: Iterable[str | Path] = (), owned: str | tuple[str, ...] = ""
 ) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces `out_dir` only if the block succeeds.
 
