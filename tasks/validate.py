@@ -450,33 +450,43 @@ def _user_batch(
         ),
     ]
     if min_user is not None:
-        checks.append(
-            _warning(
-                gxe.ExpectColumnValuesToBeBetween,
-                "users below the k-core threshold (features.min_user_interactions), before "
-                "the filter iterates",
-                column="interactions_per_user",
-                min_value=min_user,
-            )
-        )
+        checks.append(_below_kcore("user", min_user))
     if users_path is not None:
-        known = _read_parquet(users_path, lambda p: pl.read_parquet(p, columns=["user_id"]))
-        known = known.unique().with_columns(pl.lit(True).alias("in_user_table"))
-        counts = counts.join(known, on="user_id", how="left").with_columns(
-            pl.col("in_user_table").fill_null(False)
-        )
-        checks.append(
-            _warning(
-                gxe.ExpectColumnValuesToBeInSet,
-                f"users of the interactions without a row in {schema.USERS_FILE} (no metadata)",
-                column="in_user_table",
-                value_set=[True],
-            )
-        )
+        counts, check = _metadata_coverage(counts, users_path, "user", schema.USERS_FILE)
+        checks.append(check)
     frame = _pandas_view(counts)
     return Batch(
         "interactions_per_user", schema.INTERACTIONS_FILE, frame, checks, "users", "user_id"
     )
+
+
+def _below_kcore(kind: str, threshold: int):
+    """The warning for users or items below the features stage's k-core threshold."""
+    return _warning(
+        gxe.ExpectColumnValuesToBeBetween,
+        f"{kind}s below the k-core threshold (features.min_{kind}_interactions), before "
+        "the filter iterates",
+        column=f"interactions_per_{kind}",
+        min_value=threshold,
+    )
+
+
+def _metadata_coverage(
+    counts: pl.DataFrame, table: Path, kind: str, table_name: str
+) -> tuple[pl.DataFrame, Any]:
+    """`counts` with a flag saying whether each user or item has a row in its metadata table,
+    and the warning for those without one."""
+    key, flag = f"{kind}_id", f"in_{kind}_table"
+    known = _read_parquet(table, lambda p: pl.read_parquet(p, columns=[key]))
+    known = known.unique().with_columns(pl.lit(True).alias(flag))
+    counts = counts.join(known, on=key, how="left").with_columns(pl.col(flag).fill_null(False))
+    check = _warning(
+        gxe.ExpectColumnValuesToBeInSet,
+        f"{kind}s of the interactions without a row in {table_name} (no metadata)",
+        column=flag,
+        value_set=[True],
+    )
+    return counts, check
 
 
 def _item_batch(
@@ -488,29 +498,10 @@ def _item_batch(
     frame = profile.rename({"interactions": "interactions_per_item"})
     checks = _id_checks("item_id", params)
     if min_item is not None:
-        checks.append(
-            _warning(
-                gxe.ExpectColumnValuesToBeBetween,
-                "items below the k-core threshold (features.min_item_interactions), before "
-                "the filter iterates",
-                column="interactions_per_item",
-                min_value=min_item,
-            )
-        )
+        checks.append(_below_kcore("item", min_item))
     if items_path is not None:
-        known = _read_parquet(items_path, lambda p: pl.read_parquet(p, columns=["item_id"]))
-        known = known.unique().with_columns(pl.lit(True).alias("in_item_table"))
-        frame = frame.join(known, on="item_id", how="left").with_columns(
-            pl.col("in_item_table").fill_null(False)
-        )
-        checks.append(
-            _warning(
-                gxe.ExpectColumnValuesToBeInSet,
-                f"items of the interactions without a row in {schema.ITEMS_FILE} (no metadata)",
-                column="in_item_table",
-                value_set=[True],
-            )
-        )
+        frame, check = _metadata_coverage(frame, items_path, "item", schema.ITEMS_FILE)
+        checks.append(check)
     return Batch(
         "interaction_items",
         schema.INTERACTIONS_FILE,
