@@ -153,8 +153,8 @@ def segment_masks(
 ) -> dict[str, np.ndarray]:
     """The user segments the decision is broken down by (rows of the primary per-user table).
 
-    new_items: per row, whether the target is new since the previous data version; None when
-    there is no previous version to compare with (the segment is then left out).
+    new_items: per row, whether the target is an item the served champion never saw; None when
+    no champion is served (the segment is then left out).
     """
     history = per_user["history_len"].to_numpy()
     popularity = per_user["target_popularity"].to_numpy()
@@ -168,7 +168,7 @@ def segment_masks(
         "cold target (no training interactions)": popularity == 0,
     }
     if new_items is not None:
-        masks["target new since the previous data version"] = new_items
+        masks["target new since the served champion's data"] = new_items
     return masks
 
 

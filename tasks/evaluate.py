@@ -20,13 +20,11 @@ Layout of reports/evaluation/ (written as one folder, swapped in atomically):
 - plots/*.csv       NDCG@10 by history length, the popularity-bias curve (`dvc plots show`)
 - comparison.json, decision.json        champion vs challenger (tasks/comparison.py)
 - report.md, report.html                tasks/report.py
-- catalogue.json    the items of this data version and of the one before it (new-item segment)
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import subprocess
 import time
@@ -65,7 +63,7 @@ from tasks.model_store import (
 )
 from tasks.params import Params
 from tasks.protocol import BEYOND_K, CARD_KINDS, KS, PRIMARY_METRICS, protocol_card
-from tasks.registry import read_champion
+from tasks.registry import champion_folder, read_champion
 
 # --- scoring -------------------------------------------------------------------------------------
 
@@ -306,8 +304,7 @@ def evaluate(
         for kind in CARD_KINDS
     }
     rows = metric_rows(scored, cards)
-    catalogue = _catalogue(features_dir, out_dir / "catalogue.json", version)
-    result, decision = decide(scored["loo"], stats, catalogue, features_dir, params)
+    result, decision = decide(scored["loo"], stats, features_dir, params)
     result |= {"data_version": version, "card": cards["loo/full"]}
     decision |= {
         "primary": {"metric": params.evaluate.primary_metric, "card": cards["loo/full"]},
@@ -317,8 +314,9 @@ def evaluate(
         else [],
         "data_version": version,
     }
-    # Both are always written: a fresh clone holds metrics.json alone (git tracks it), and
-    # `dvc repro` removes every output but catalogue.json (persist) before running the stage.
+    # metrics.json: always written, and a fresh clone holds it (git tracks it). `dvc repro`
+    # removes every output before running the stage, which can leave the catalogue.json that
+    # earlier versions of this stage wrote.
     mine = ("metrics.json", "catalogue.json")
     with staged_dir(out_dir, [features_dir, models_dir], owned=mine) as tmp:
         write_json(cards, tmp / "cards.json")
@@ -332,7 +330,6 @@ def evaluate(
         report.write_plot_data(scored, stats, params.evaluate.primary_metric, tmp / "plots")
         write_json(result, tmp / "comparison.json")
         write_json(decision, tmp / "decision.json")
-        write_json(catalogue, tmp / "catalogue.json")
         text = report.write_reports(
             rows,
             result,
@@ -540,7 +537,6 @@ def _score_served_champion(
 def decide(
     loo: dict[str, Scored],
     stats: CatalogueStats,
-    catalogue: dict[str, Any],
     features_dir: Path,
     params: Params,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -553,7 +549,8 @@ def decide(
         champion, source = comparison.choose_champion(primary, registry, p, served)
     except ValueError as exc:
         raise RecsysError(f"evaluate: {exc}") from exc
-    new_items = _new_item_rows(loo[champion].per_user, catalogue, features_dir)
+    known = _served_items(Path(p.artifacts), registry) if champion == served else None
+    new_items = _new_item_rows(loo[champion].per_user, known, features_dir)
     masks = comparison.segment_masks(
         loo[champion].per_user, p, stats.head_threshold(p.segments.head_item_fraction), new_items
     )
@@ -633,24 +630,23 @@ def _metrics_json(scored: dict[str, dict[str, Scored]]) -> dict[str, Any]:
     }
 
 
-def _catalogue(features_dir: Path, previous_file: Path, version: dict[str, Any]) -> dict:
-    """This data version's items, and the last different version's (kept across runs)."""
-    current = {"data_version": version, "item_ids": sorted(item_ids(features_dir)[1:].tolist())}
+def _served_items(artifacts: Path, registry: dict[str, Any]) -> set[str] | None:
+    """The item ids the served champion's artifact knows: the data it was trained on. Read
+    from the registry, not kept by this stage, so the stage's outputs follow from its inputs
+    (a fresh clone's run writes what a long-lived checkout's does)."""
     try:
-        before = json.loads(previous_file.read_text())
-    except (OSError, ValueError):
-        before = {}
-    if before.get("current", {}).get("data_version") == version:
-        return {"current": current, "previous": before.get("previous")}
-    return {"current": current, "previous": before.get("current")}
+        item_map = pl.read_parquet(champion_folder(artifacts, registry) / "item_map.parquet")
+    except (OSError, RecsysError, pl.exceptions.PolarsError):
+        return None  # the champion's artifact is unreadable: said where it is scored
+    return set(item_map["item_id"].cast(pl.String).to_list())
 
 
 def _new_item_rows(
-    per_user: pl.DataFrame, catalogue: dict[str, Any], features_dir: Path
+    per_user: pl.DataFrame, known: set[str] | None, features_dir: Path
 ) -> np.ndarray | None:
-    """Per row, whether its target item was not in the previous data version (None: no such)."""
-    if not catalogue.get("previous"):
+    """Per row, whether its target item is one the served champion never saw (None: no
+    served champion)."""
+    if known is None:
         return None
-    known = set(catalogue["previous"]["item_ids"])
     ids = item_ids(features_dir)
     return np.array([ids[t] not in known for t in per_user["target"].to_numpy()], dtype=bool)

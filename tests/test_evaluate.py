@@ -283,6 +283,16 @@ def test_the_champion_is_its_served_artifact_not_a_retrained_folder(trained, tmp
     served_a = pl.read_parquet(tmp_path / "a" / "per_user" / "loo" / f"{key}.parquet")
     for metric, value in eager.items():
         assert summary["models"][key][metric] == pytest.approx(value, abs=1e-6), metric
+    # the new-item segment is measured against the items the served artifact knows: the same
+    # data here, so it is empty; with no champion served (the evaluation above) it is absent
+    segments = json.loads((tmp_path / "a" / "comparison.json").read_text())["challengers"]
+    new = segments[0]["segments"]["target new since the served champion's data"]
+    assert new["users"] == 0
+    eager_segments = json.loads((tmp_path / "eager" / "comparison.json").read_text())
+    assert all(
+        "target new since the served champion's data" not in c["segments"]
+        for c in eager_segments["challengers"]
+    )
 
     retrained = replace(params, train=replace(params.train, sections={"ease": {"l2": 5.0}}))
     train("ease", features, model_dir(work, "ease"), retrained)
@@ -363,7 +373,6 @@ def test_a_fresh_clones_report_folder_is_evaluated_into(trained, tmp_path: Path)
     (out / "metrics.json").write_text('{"loo": {}}\n')
     evaluate(features, models, out, params, dvc_file=tmp_path / "none.dvc")
     assert "popularity" in json.loads((out / "metrics.json").read_text())["loo"]
-    assert (out / "catalogue.json").is_file()
 
     other = tmp_path / "other"
     (other / "notes.txt").parent.mkdir()
