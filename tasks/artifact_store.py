@@ -12,6 +12,7 @@ server swaps whole ServedModels, so a request holds one consistent model from st
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,9 +95,10 @@ class ServedModel:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             self.item_vectors = vectors
             self.unit_vectors = vectors / np.maximum(norms, 1e-12)
-        self.text_vectors = None
+        self.text_vectors = self.without_text = None
         if self.manifest.get("text"):  # unit rows, zero where an item has no text
             self.text_vectors = npy(self.manifest["text"]["file"]).astype(np.float32)
+            self.without_text = np.flatnonzero(~self.text_vectors.any(axis=1))
         self.neighbours = self.neighbour_sims = None
         if (folder / "neighbours.npy").is_file():  # item-kNN's top-k lists
             self.neighbours = npy("neighbours.npy").astype(np.int64)
@@ -362,8 +364,7 @@ class ServedModel:
         if self.text_vectors is None:
             raise LookupError(f"model {self.name} was exported without item text embeddings")
         scores = self.text_vectors @ vector.astype(np.float32)
-        without_text = np.flatnonzero(~self.text_vectors.any(axis=1))
-        return self.top_k(scores, k, without_text, [], [])
+        return self.top_k(scores, k, self.without_text, [], [])
 
     @property
     def text_encoder(self) -> str | None:
@@ -428,10 +429,11 @@ class NewItems:
     encoder_sha256: str
 
     def find(self, item_id: str) -> int | None:
-        try:
-            return self.ids.index(item_id)
-        except ValueError:
-            return None
+        return self.rows.get(item_id)
+
+    @functools.cached_property
+    def rows(self) -> dict[str, int]:
+        return {item: row for row, item in enumerate(self.ids)}
 
 
 def write_new_items(
@@ -448,24 +450,16 @@ def write_new_items(
             f"{folder}: holds vectors of encoder {old.encoder_sha256[:12]}, not {sha[:12]}; "
             "remove the folder to start over"
         )
-    frame = items.select("item_id", "title", "genres").with_columns(
-        pl.Series("row", np.arange(items.height))
-    )
+    schema = {"item_id": pl.String, "title": pl.String, "genres": pl.List(pl.String)}
+    frame = items.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
     rows = [vectors.astype(np.float32)]
-    if old is not None:
+    if old is not None:  # earlier items keep their rows unless encoded again now
         keep = [i for i, item in enumerate(old.ids) if item not in set(frame["item_id"])]
-        earlier = pl.DataFrame(
-            {
-                "item_id": [old.ids[i] for i in keep],
-                "title": [old.titles[i] for i in keep],
-                "genres": [old.genres[i] for i in keep],
-            },
-            schema={"item_id": pl.String, "title": pl.String, "genres": pl.List(pl.String)},
-        )
-        frame = pl.concat([earlier.with_columns(pl.Series("row", np.arange(len(keep)))), frame])
-        rows = [old.vectors[keep], rows[0]]
+        earlier = {"item_id": old.ids, "title": old.titles, "genres": old.genres}
+        earlier = pl.DataFrame(earlier, schema=schema)[keep]
+        frame, rows = pl.concat([earlier, frame]), [old.vectors[keep], rows[0]]
     with staged_dir(folder, owned=MANIFEST) as tmp:
-        frame.drop("row").write_parquet(tmp / "items.parquet")
+        frame.write_parquet(tmp / "items.parquet")
         np.save(tmp / "vectors.npy", np.concatenate(rows).astype(np.float32))
         manifest = {"encoder": encoder, "items": frame.height}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -547,3 +547,29 @@ def test_tampered_champion_at_start_falls_back_to_the_newest_good_version(
         text = client.get("/metrics").text
         assert "recsys_serving_fallback 0.0" in text
         assert "recsys_champion_fallbacks_total 1.0" in text
+
+
+def test_new_items_are_merged_by_id_and_refused_across_encoders(tmp_path: Path):
+    """artifacts/new_items/: a second embed-items run replaces the rows of ids it encodes
+    again and keeps the others; vectors of another encoder are never mixed in."""
+    import numpy as np
+    import polars as pl
+
+    from tasks.artifact_store import read_new_items, write_new_items
+    from tasks.errors import RecsysError
+
+    def items(ids: list[str]) -> pl.DataFrame:
+        return pl.DataFrame({"item_id": ids, "title": ids, "genres": [[] for _ in ids]})
+
+    encoder = {"weights_sha256": "a" * 64}
+    write_new_items(tmp_path, items(["x", "y"]), np.eye(2, 3, dtype=np.float32), encoder)
+    write_new_items(tmp_path, items(["y", "z"]), np.full((2, 3), 0.5, np.float32), encoder)
+    found = read_new_items(tmp_path)
+    assert found.ids == ["x", "y", "z"]
+    assert found.vectors[found.find("x")].tolist() == [1.0, 0.0, 0.0]
+    assert found.vectors[found.find("y")].tolist() == [0.5, 0.5, 0.5]
+    assert found.find("nope") is None
+    with pytest.raises(RecsysError, match="holds vectors of encoder"):
+        write_new_items(
+            tmp_path, items(["w"]), np.ones((1, 3), np.float32), {"weights_sha256": "b" * 64}
+        )
