@@ -50,3 +50,17 @@ def write_results(folder: Path, name: str, result: dict, table: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (folder / f"{name}.md").write_text(table)
+
+
+def code_version() -> str:
+    """The commit a run's figures come from, with "+changes" when the code or parameters in
+    the working tree differ from it (so a row measured before a commit says so)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "recsys_models", "tasks", "cli", "params.yaml")
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+changes" if changed else "")

@@ -15,7 +15,12 @@ import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
-from recsys_models.sequence_training import NextItemModule, WindowData, check_loss_fields
+from recsys_models.sequence_training import (
+    NextItemModule,
+    WindowData,
+    check_loss_fields,
+    next_item_training,
+)
 from recsys_models.spec import GRADIENT, HISTORY_GRAPH, Choice, ModelSpec, Range
 
 BLOCKS = ("transformer", "ligr")
@@ -202,7 +207,7 @@ def build(data: FeatureData, config: Config, seed: int) -> tuple[NextItemModule,
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the same seed gives the same initial weights
         model = restore(data, config)
-    return NextItemModule(model, data.n_items, config, seed), WindowData(data, config, seed)
+    return next_item_training(model, data, config, seed)
 
 
 SPEC = ModelSpec(

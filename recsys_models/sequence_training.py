@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from recsys_models.data import FeatureData, eval_loader, shuffled_batches
+from recsys_models.data import FeatureData, eval_loader, length_bucketed_batches
 from recsys_models.lightning_base import RankingModule
 
 LOSSES = ("ce", "bce", "sampled", "gbce", "auto")
@@ -206,7 +206,9 @@ def training_windows(
 
 
 class WindowData(L.LightningDataModule):
-    """training_windows of the features, reshuffled every epoch, and the validation batches.
+    """training_windows of the features, reshuffled every epoch into batches of similar length
+    cut to their longest window (recsys_models.data.length_bucketed_batches: both encoders
+    ignore left padding, so this changes the cost, not the model), and the validation batches.
 
     config needs min_context, batch_size and eval_batch_size (SASRec's and GRU4Rec's have them).
     """
@@ -223,12 +225,25 @@ class WindowData(L.LightningDataModule):
         )
         self.windows = torch.from_numpy(windows)
         self.generator = torch.Generator().manual_seed(seed)
+        # Targets a batch holds on average (NextItemModule weighs each batch's mean loss by
+        # its own count over this one).
+        targets = int((self.windows[:, 1] > 0).sum())
+        self.targets_per_batch = targets / max(-(-len(windows) // config.batch_size), 1)
 
     def train_dataloader(self) -> DataLoader:
-        return shuffled_batches(self.windows, self.config.batch_size, self.generator)
+        return length_bucketed_batches(self.windows, self.config.batch_size, self.generator)
 
     def val_dataloader(self) -> DataLoader:
-        return eval_loader(self.data, "val", self.config.eval_batch_size)
+        return eval_loader(self.data, "val", self.config.eval_batch_size, trim_padding=True)
+
+
+def next_item_training(
+    model: nn.Module, data: FeatureData, config, seed: int
+) -> tuple[NextItemModule, WindowData]:
+    """The LightningModule (its `.model` is `model`) and the windows DataModule of `data`."""
+    windows = WindowData(data, config, seed)
+    module = NextItemModule(model, data.n_items, config, seed, windows.targets_per_batch)
+    return module, windows
 
 
 class NextItemModule(RankingModule):
@@ -238,12 +253,26 @@ class NextItemModule(RankingModule):
     embeddings) and score(); config needs the loss fields (check_loss_fields), lr and
     weight_decay. `seed` seeds the negatives' generator (not the global RNG), so two runs with
     one seed draw the same negatives; a resumed run restarts that stream.
+
+    targets_per_batch (WindowData's): each batch's mean loss is weighed by its number of targets
+    over this average, so every target of the epoch counts the same. Batches grouped by length
+    hold from a few hundred targets (short histories) to thousands; a plain mean per batch
+    would weigh a target of a short history up to 20 times more (Amazon Beauty: validation
+    NDCG@10 0.0552 against 0.0597 with random batches, sampled softmax, one seed).
     """
 
-    def __init__(self, model: nn.Module, n_items: int, config, seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        n_items: int,
+        config,
+        seed: int = 0,
+        targets_per_batch: float | None = None,
+    ):
         super().__init__()
         check_loss_fields(config)
         self.model, self.n_items, self.config = model, n_items, config
+        self.targets_per_batch = targets_per_batch
         self.loss_name = resolve_loss(config.loss, n_items, config.full_softmax_max_items)
         if self.loss_name != "ce" and n_items < 2:
             raise ValueError(f"loss {self.loss_name!r} samples negatives: needs >= 2 items")
@@ -259,6 +288,11 @@ class NextItemModule(RankingModule):
         mask = targets > 0
         hidden = self.model(inputs)[mask]  # [N, H]: only the positions that have a target
         targets = targets[mask]
+        weight = len(targets) / self.targets_per_batch if self.targets_per_batch else 1.0
+        return weight * self.mean_loss(hidden, targets)
+
+    def mean_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss per target of the batch's positions (hidden [N, H], targets [N])."""
         emb = self.model.item_emb.weight
         if self.loss_name == "ce":
             # Softmax over the real items only: column 0 (padding) never competes.

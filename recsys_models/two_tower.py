@@ -13,8 +13,8 @@ push popular items down and loses exactly the items people watch.
 With item text embeddings in the features (pretrained, features.text), the item tower adds a
 learned projection of the frozen text vector (`text_features`). The projection is trained on
 items with interactions and applies to every item with text, so a new item with text but no
-interactions lands near the items its text resembles; its id embedding, which no gradient
-reaches, starts at zero instead of random noise.
+interactions lands near the items its text resembles. The id embedding of an item without
+training interactions, which no gradient reaches, is zero rather than random noise, text or not.
 """
 
 from __future__ import annotations
@@ -102,9 +102,11 @@ class TwoTower(nn.Module):
             text[~torch.as_tensor(data.item_text_mask, dtype=torch.bool)] = 0.0
             self.register_buffer("text", text)  # frozen: the encoder is never fine-tuned here
             self.text_proj = nn.Linear(text.shape[1], d, bias=False)
-            with torch.no_grad():  # items never trained on: their text speaks, not noise
-                untrained = torch.as_tensor(data.item_popularity) == 0
-                self.item_id.weight[untrained] = 0.0
+        with torch.no_grad():
+            # Items never trained on: no gradient will reach their id rows, so their content
+            # (text, categories) speaks, or nothing does; random noise there would rank them
+            # anywhere, into every user's top 10 as easily as out of it.
+            self.item_id.weight[torch.as_tensor(data.item_popularity) == 0] = 0.0
         self.item_mlp = _mlp(d, config.hidden, config.dropout)
 
         # Recency weights, oldest position first, as the left-padded history is laid out.

@@ -4,14 +4,16 @@ The model store (tasks/model_store.py) says what a model folder holds. weights.p
 and metrics.json are each written atomically and only at the end, in that order, so an
 interrupted run leaves the previous complete set in place; config.json names the weights' hash,
 so a mismatched pair is detectable. checkpoints/ is written while training and kept: a rerun
-with the same model config, seed, precision and features resumes from last.ckpt (raising
-train.max_epochs continues training); anything else starts the folder afresh.
+with the same model config, seed, precision, features and model code (recsys_models/) resumes
+from last.ckpt (raising train.max_epochs continues training); anything else starts the folder
+afresh.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ from dvclive import Live
 from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
+import recsys_models
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.lightning_base import TrainClock
 from recsys_models.metrics import evaluate
@@ -388,13 +391,24 @@ def _ranks_agree(lit) -> bool:
 
 
 def _run_identity(config, settings: dict[str, Any], manifest_sha: str) -> dict[str, Any]:
-    """What must not change for a checkpoint to be resumed (max_epochs and patience may)."""
+    """What must not change for a checkpoint to be resumed (max_epochs and patience may).
+    The models' code is part of it: after a change there, `dvc repro` reruns the stage and
+    the model must train with the new code, not finish the old run."""
     return {
         "config": dataclasses.asdict(config),
         "seed": settings["seed"],
         "precision": settings["precision"],
         "manifest_sha256": manifest_sha,
+        "models_code_sha256": _models_code_sha(),
     }
+
+
+def _models_code_sha() -> str:
+    """sha256 over recsys_models/*.py (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(recsys_models.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _resumable(ckpt_dir: Path, identity: dict[str, Any]) -> Path | None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recsys_models import sasrec, sequence_training
-from recsys_models.data import FeatureData, eval_loader
+from recsys_models.data import FeatureData, eval_loader, shuffled_batches
 from recsys_models.metrics import evaluate
 from tasks.params import FeaturesParams
 from tests.conftest import quiet_trainer, synthetic_features
@@ -205,3 +205,55 @@ def test_beats_popularity_on_sequential_data(synth_data):
     )
     assert model["ndcg@10"] == pytest.approx(float(logged["val_ndcg@10"]), abs=1e-5)
     assert model["ndcg@10"] > 1.5 * baseline["ndcg@10"]
+
+
+def test_an_epoch_gives_every_window_once_in_batches_of_similar_length(synth_data):
+    # Windows of 60 items: each holds a user's whole history (about 30 items, varied).
+    data = dataclasses.replace(synth_data, max_seq_len=60)
+    _, datamodule = sasrec.build(data, sasrec.Config(batch_size=32), seed=1)
+    windows = datamodule.windows
+    batches = list(datamodule.train_dataloader())
+    assert len(batches) == len(datamodule.train_dataloader())
+    width = windows.shape[-1]
+    # Each batch lost only columns that were padding in all its rows: put them back and every
+    # window of the epoch is there exactly once.
+    restored = torch.cat([torch.nn.functional.pad(b, (width - b.shape[-1], 0)) for b in batches])
+    assert sorted(map(tuple, restored.flatten(1).tolist())) == sorted(
+        map(tuple, windows.flatten(1).tolist())
+    )
+    assert all(bool((b[:, 0, 0] > 0).any()) for b in batches)  # no all-padding column is left
+    lengths = (windows[:, 0] > 0).sum(1)
+    shuffled = lengths[torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))]
+    random_width = np.mean([int(b.max()) for b in shuffled.split(32)])
+    assert np.mean([b.shape[-1] for b in batches]) < 0.8 * random_width
+
+
+@pytest.mark.parametrize("block", sasrec.BLOCKS)
+def test_trimmed_padding_changes_no_score(synth_data, block):
+    """Validation orders users by history length and cuts each batch's padding: the same
+    per-user metrics as full-width batches in the users' own order."""
+    config = sasrec.Config(hidden=16, blocks=2, block=block)
+    module, datamodule = sasrec.build(synth_data, config, seed=0)
+    model = module.model.eval()
+    with torch.no_grad():
+        trimmed = evaluate(model.score, datamodule.val_dataloader())
+        full = evaluate(model.score, eval_loader(synth_data, "val", 64))
+    assert trimmed == pytest.approx(full, rel=1e-5)
+    short = PADDED[1:3]
+    trained = tiny_model(block=block).eval()
+    torch.testing.assert_close(trained(short)[:, -4:], trained(short[:, 2:]), atol=1e-5, rtol=0)
+
+
+def test_an_epochs_objective_does_not_depend_on_how_windows_are_batched(synth_data):
+    """Every target weighs the same whether its batch holds short or long windows: the epoch's
+    summed loss over length-grouped, trimmed batches equals that of random full-width ones."""
+    data = dataclasses.replace(synth_data, max_seq_len=60)
+    module, datamodule = sasrec.build(data, sasrec.Config(hidden=16, loss="ce"), seed=0)
+    module.eval()  # no dropout: the same function of the windows either way
+    with torch.no_grad():
+        module.model.item_emb.weight.mul_(8)  # losses far apart from target to target
+    random_batches = shuffled_batches(datamodule.windows, 128, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        grouped = sum(module.loss(b) for b in datamodule.train_dataloader())
+        plain = sum(module.loss(b) for b in random_batches)
+    assert float(grouped) == pytest.approx(float(plain), rel=1e-4)

@@ -104,6 +104,25 @@ def test_gradient_model_trains_resumes_and_restarts_on_a_new_config(features: Pa
     assert read_json(out / "checkpoints/run.json")["config"]["lr"] == 0.01
 
 
+def test_a_change_to_the_models_code_trains_afresh(features: Path, tmp_path: Path, monkeypatch):
+    """`dvc repro` reruns the stage after a change in recsys_models/: the model must then
+    train with the new code, not finish (or reuse) the old run's checkpoints."""
+    out = tmp_path / "bpr_mf"
+    settings = params(tmp_path, **{"train.max_epochs": 1})
+    train_stage.train("bpr_mf", features, out, settings)
+    run = read_json(out / "checkpoints/run.json")
+    assert run["models_code_sha256"] == train_stage._models_code_sha()
+    last = out / "checkpoints" / "last.ckpt"
+    stamp = last.stat().st_mtime_ns
+    train_stage.train("bpr_mf", features, out, settings)
+    assert last.stat().st_mtime_ns == stamp  # the same code: the run is complete, kept
+
+    monkeypatch.setattr(train_stage, "_models_code_sha", lambda: "0" * 64)
+    again = train_stage.train("bpr_mf", features, out, settings)
+    assert again["epochs"] == 1 and last.stat().st_mtime_ns != stamp  # trained anew
+    assert read_json(out / "checkpoints/run.json")["models_code_sha256"] == "0" * 64
+
+
 def one_line_error(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -197,3 +197,25 @@ def test_bad_config_is_refused():
         two_tower.Config(similarity="euclid")
     with pytest.raises(ValueError, match="recency_decay"):
         two_tower.Config(recency_decay=0.0)
+
+
+def test_items_without_training_interactions_tie_rather_than_rank_at_random(data):
+    """An item no one trained on has a zero id row, so with no content of its own it gets the
+    item tower's one content-free vector: every such item scores alike (its place follows from
+    the model, not from noise that could put it in every user's top 10)."""
+    from recsys_models.data import hide_items
+
+    hidden = np.zeros(data.n_items + 1, dtype=bool)
+    hidden[1::10] = True
+    blank = dataclasses.replace(
+        hide_items(data, hidden),
+        item_genres=np.zeros_like(data.item_genres),
+        item_year_bucket=np.zeros_like(data.item_year_bucket),
+        item_text=None,
+    )
+    module, _ = two_tower.build(blank, SMALL, seed=0)
+    model = module.model.eval()
+    assert torch.count_nonzero(model.item_id.weight[torch.as_tensor(hidden)]) == 0
+    with torch.no_grad():
+        items = model.item_embeddings()[torch.as_tensor(hidden)]
+    torch.testing.assert_close(items, items[:1].expand_as(items))
