@@ -37,8 +37,8 @@ class Config:
     dropout: float = 0.2  # on the item embeddings and the GRU's output
     # ce|bce|sampled|gbce|auto, and the fields below: as SASRec's (sequence_training)
     loss: str = "auto"
-    negatives: int = 256
-    negative_sampler: str = "uniform"
+    negatives: int = 2048
+    negative_sampler: str = "mixed"
     gbce_t: float = 0.75
     full_softmax_max_items: int = 10_000
     lr: float = 3e-3

@@ -37,8 +37,8 @@ class Config:
     # softmax over `negatives` shared negatives, logQ-corrected; "gbce": gSASRec's calibrated BCE;
     # "auto": "ce" up to full_softmax_max_items items, "sampled" above (sequence_training)
     loss: str = "auto"
-    negatives: int = 256  # per batch, for "sampled" and "gbce"
-    negative_sampler: str = "uniform"  # "sampled" only: uniform|in_batch|mixed
+    negatives: int = 2048  # per batch, for "sampled" and "gbce"
+    negative_sampler: str = "mixed"  # "sampled" only: uniform|in_batch|mixed
     gbce_t: float = 0.75  # gBCE calibration: 0 plain BCE, 1 fully calibrated
     full_softmax_max_items: int = 10_000  # "auto": the largest catalogue trained with "ce"
     # "transformer": pre-LN blocks; "ligr": eSASRec's LiGR layers (gated residuals, SwiGLU)
