@@ -430,9 +430,19 @@ def test_custom_run_form_in_chromium_picks_two_models(stack: Stack, tmp_path: Pa
     trained = {n for n in names if n.startswith("train ")}
     assert {f"train {m} (loo)" for m in picked} <= trained
     assert not any("itemknn" in name for name in trained), trained
-    logged = [e["message"] for i in ids for e in logs_of(stack.api, i)]
-    for model in picked:
-        assert any(m.startswith(f"{model} (loo): validation NDCG@10 ") for m in logged), model
+    # The worker ships its logs to the API in batches, after the run's state: wait for them.
+    deadline = time.monotonic() + 120
+    while True:
+        logged = [e["message"] for i in ids for e in logs_of(stack.api, i)]
+        missing = [
+            m
+            for m in picked
+            if not any(line.startswith(f"{m} (loo): validation NDCG@10 ") for line in logged)
+        ]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not missing, missing
     for key in ("metrics-table", "decision-table"):
         mine = [a for a in artifacts_by_key(stack.api, key) if a["flow_run_id"] == finished["id"]]
         assert [a["type"] for a in mine] == ["table"], key
