@@ -39,15 +39,20 @@ WORK = ROOT / "bench" / "work" / "beauty"
 DATA = ROOT.parent / "shared" / "data" / "beauty"
 TEST_KEYS = ("ndcg@10", "hr@10", "mrr")
 # variant -> (registered model, parameter overrides beside params.yaml's)
+IDS = "train.sasrec.item_features=false"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "sasrec": ("sasrec", []),  # the defaults: loss auto (12,101 items -> sampled softmax)
-    "sasrec-ce": ("sasrec", ["train.sasrec.loss=ce"]),
+    # the defaults: loss auto (12,101 items -> sampled softmax), item attributes beside the ids
+    "sasrec": ("sasrec", []),
+    # The loss and block variants read item ids alone, as they did when they were measured:
+    # each differs from sasrec-ids in one setting.
+    "sasrec-ids": ("sasrec", [IDS]),
+    "sasrec-ce": ("sasrec", ["train.sasrec.loss=ce", IDS]),
     "sasrec-256": (
         "sasrec",
-        ["train.sasrec.negatives=256", "train.sasrec.negative_sampler=uniform"],
+        ["train.sasrec.negatives=256", "train.sasrec.negative_sampler=uniform", IDS],
     ),
-    "sasrec-gbce": ("sasrec", ["train.sasrec.loss=gbce"]),
-    "esasrec": ("sasrec", ["train.sasrec.block=ligr"]),
+    "sasrec-gbce": ("sasrec", ["train.sasrec.loss=gbce", IDS]),
+    "esasrec": ("sasrec", ["train.sasrec.block=ligr", IDS]),
     "gru4rec": ("gru4rec", []),
     "popularity": ("popularity", []),
     "itemknn": ("itemknn", []),
@@ -57,12 +62,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 DETERMINISTIC = {"popularity", "itemknn", "ease"}
 DESCRIPTION = {
-    "sasrec": "SASRec, defaults (loss auto: sampled softmax, 2048 mixed negatives)",
-    "sasrec-ce": "SASRec, full softmax (loss ce)",
-    "sasrec-256": "SASRec, sampled softmax, 256 uniform negatives",
-    "sasrec-gbce": "SASRec, gBCE (2048 uniform negatives, t 0.75)",
-    "esasrec": "eSASRec-style: LiGR blocks, defaults' sampled softmax",
-    "gru4rec": "GRU4Rec, defaults (sampled softmax, 2048 mixed negatives)",
+    "sasrec": "SASRec, defaults (sampled softmax, 2048 mixed negatives, item attributes)",
+    "sasrec-ids": "SASRec, defaults but item ids only",
+    "sasrec-ce": "SASRec, full softmax (loss ce), ids only",
+    "sasrec-256": "SASRec, sampled softmax, 256 uniform negatives, ids only",
+    "sasrec-gbce": "SASRec, gBCE (2048 uniform negatives, t 0.75), ids only",
+    "esasrec": "eSASRec-style: LiGR blocks, defaults' sampled softmax, ids only",
+    "gru4rec": "GRU4Rec, defaults (sampled softmax, 2048 mixed negatives, ids only)",
     "popularity": "popularity",
     "itemknn": "item-kNN",
     "ease": "EASE",
@@ -198,7 +204,9 @@ def selection_run(overrides: list[str], features: Path, work: Path) -> dict:
     figures, epochs and time. Choosing a default from these never looks at the test split."""
     from tasks.model_store import read_metrics
 
-    out = work / "selection" / "-".join(o.rsplit(".", 1)[-1] for o in overrides) / "sasrec"
+    # train.sasrec.dropout=0.5 -> dropout=0.5: the setting's own name, dots in the value kept
+    names = [o.partition("=")[0].rsplit(".", 1)[-1] + "=" + o.partition("=")[2] for o in overrides]
+    out = work / "selection" / "-".join(names) / "sasrec"
     cmd = [sys.executable, "-m", "cli.main", "train", "--model", "sasrec"]
     cmd += ["--features", str(features), "--out", str(out)]
     for item in [*overrides, "seed=42", f"features.out={features}"]:

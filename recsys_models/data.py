@@ -249,16 +249,10 @@ class _LengthBuckets(Sampler):
         return -(-len(self.lengths) // self.batch_size) // rank_and_world()[1]
 
 
-class _TrimmedRows(Dataset):
+class _TrimmedRows(_RowBatches):
     """Batches of left-padded rows [B, ..., L] cut to the columns where some row of the batch
     has a real item (`rows[:, 0]`, the inputs, > 0): the leading columns are padding in every
     row. Exact for encoders whose padded positions change nothing (SASRec, GRU4Rec)."""
-
-    def __init__(self, rows: torch.Tensor):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
     def __getitem__(self, index: list[int]) -> torch.Tensor:
         batch = self.rows[index]

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
+from recsys_models.item_attributes import ItemAttributes, attribute_ids, item_vectors
 from recsys_models.sequence_training import (
     NextItemModule,
     WindowData,
@@ -46,6 +48,7 @@ class Config:
     batch_size: int = 128
     eval_batch_size: int = 256
     min_context: int = 0  # as SASRec's: earlier items each training target reads at least
+    item_features: bool = False  # as SASRec's: attribute embeddings beside the item id
 
     def __post_init__(self):
         if min(self.hidden, self.layers, self.batch_size, self.eval_batch_size) < 1:
@@ -65,9 +68,18 @@ SEARCH_SPACE = {
 
 
 class GRU4Rec(nn.Module):
-    def __init__(self, n_items: int, hidden: int = 64, layers: int = 1, dropout: float = 0.2):
+    def __init__(
+        self,
+        n_items: int,
+        hidden: int = 64,
+        layers: int = 1,
+        dropout: float = 0.2,
+        attributes: np.ndarray | None = None,
+    ):
+        """attributes: item_attributes.attribute_ids of the catalogue, or None (ids alone)."""
         super().__init__()
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        self.item_attributes = None if attributes is None else ItemAttributes(attributes, hidden)
         self.gru = nn.GRU(hidden, hidden, num_layers=layers, bias=False, batch_first=True)
         self.drop = nn.Dropout(dropout)
         nn.init.normal_(self.item_emb.weight, std=hidden**-0.5)
@@ -79,18 +91,25 @@ class GRU4Rec(nn.Module):
         real = (history > 0).unsqueeze(-1)
         # Dropout on the embedding keeps padding at zero (0 * mask = 0); the mask by `real`
         # makes that explicit and guards against a non-zero padding row after loading weights.
-        states, _ = self.gru(self.drop(self.item_emb(history)) * real)
+        states, _ = self.gru(self.drop(self.item_embeddings(history)) * real)
         return self.drop(states) * real
 
     def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """Scores of every item (column 0 is padding) after the last position, [B, I+1]."""
-        return self(history)[:, -1] @ self.item_emb.weight.T
+        return self(history)[:, -1] @ self.item_embeddings().T
+
+    def item_embeddings(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The vectors of `items` (None: the catalogue, [I+1, H]) that input and output share."""
+        return item_vectors(self.item_emb, self.item_attributes, items)
 
 
 def restore(data: FeatureData, config: Config) -> GRU4Rec:
     """The bare GRU4Rec for `data`'s catalogue, untrained: the module that saved weights load
     into, and the one build() initialises."""
-    return GRU4Rec(data.n_items, config.hidden, config.layers, config.dropout)
+    attributes = (
+        attribute_ids(data.item_genres, data.item_year_bucket) if config.item_features else None
+    )
+    return GRU4Rec(data.n_items, config.hidden, config.layers, config.dropout, attributes)
 
 
 def build(data: FeatureData, config: Config, seed: int) -> tuple[NextItemModule, WindowData]:

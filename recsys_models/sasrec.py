@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
+from recsys_models.item_attributes import ItemAttributes, attribute_ids, item_vectors
 from recsys_models.sequence_training import (
     NextItemModule,
     WindowData,
@@ -43,6 +45,9 @@ class Config:
     full_softmax_max_items: int = 10_000  # "auto": the largest catalogue trained with "ce"
     # "transformer": pre-LN blocks; "ligr": eSASRec's LiGR layers (gated residuals, SwiGLU)
     block: str = "transformer"
+    # Add the mean of the item's attribute embeddings (categories, year bucket) to its id's
+    # (recsys_models/item_attributes.py), where the features have attributes
+    item_features: bool = True
     lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 128
@@ -146,12 +151,15 @@ class SASRec(nn.Module):
         ffn_mult: int = 1,
         dropout: float = 0.3,
         block: str = "transformer",
+        attributes: np.ndarray | None = None,
     ):
+        """attributes: item_attributes.attribute_ids of the catalogue, or None (ids alone)."""
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
         self.max_len = max_len
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        self.item_attributes = None if attributes is None else ItemAttributes(attributes, hidden)
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.drop = nn.Dropout(dropout)
         kind = _LiGRBlock if block == "ligr" else _Block
@@ -169,7 +177,7 @@ class SASRec(nn.Module):
         """Hidden state at every position, [B, L, H]; padded positions are exactly zero."""
         n = history.shape[1]
         real = (history > 0).unsqueeze(-1)  # [B, L, 1]
-        x = self.item_emb(history) * math.sqrt(self.item_emb.embedding_dim)
+        x = self.item_embeddings(history) * math.sqrt(self.item_emb.embedding_dim)
         # Positions are counted from the right, so the newest item always has the last one.
         x = self.drop(x + self.pos_emb.weight[self.max_len - n :])
         x = x * real
@@ -184,7 +192,11 @@ class SASRec(nn.Module):
 
     def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """Scores of every item (column 0 is padding) after the last position, [B, I+1]."""
-        return self(history)[:, -1] @ self.item_emb.weight.T
+        return self(history)[:, -1] @ self.item_embeddings().T
+
+    def item_embeddings(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The vectors of `items` (None: the catalogue, [I+1, H]) that input and output share."""
+        return item_vectors(self.item_emb, self.item_attributes, items)
 
 
 def restore(data: FeatureData, config: Config) -> SASRec:
@@ -199,6 +211,7 @@ def restore(data: FeatureData, config: Config) -> SASRec:
         config.ffn_mult,
         config.dropout,
         config.block,
+        attribute_ids(data.item_genres, data.item_year_bucket) if config.item_features else None,
     )
 
 

@@ -1,9 +1,9 @@
 """Training shared by the sequence encoders (SASRec, GRU4Rec): next-item windows and the losses.
 
 Both models map a left-padded history to a hidden state per position (forward(history) ->
-[B, L, H]) and score items against their own `item_emb` table, so one windows DataModule and one
-LightningModule train either; the two then differ only in the encoder, which is the comparison
-the benchmark is meant to make.
+[B, L, H]) and score items against their own item_embeddings() table, so one windows DataModule
+and one LightningModule train either; the two then differ only in the encoder, which is the
+comparison the benchmark is meant to make.
 
 Losses: the full softmax over the catalogue ("ce") costs positions x items per step, so on a
 large catalogue it is nearly the whole epoch; "sampled" (softmax over the target and N shared
@@ -106,20 +106,22 @@ def negative_mask(targets: torch.Tensor, candidates: torch.Tensor) -> torch.Tens
 
 def sampled_softmax(
     hidden: torch.Tensor,
-    emb: torch.Tensor,
+    target_vectors: torch.Tensor,
+    candidate_vectors: torch.Tensor,
     targets: torch.Tensor,
     candidates: torch.Tensor,
     log_expected: torch.Tensor,
 ) -> torch.Tensor:
     """Softmax cross-entropy of each target against the shared candidates, logQ-corrected.
 
-    hidden [P, H], emb [I + 1, H], targets [P], candidates [N], log_expected [I + 1]. Every
-    logit, the target's included (as TensorFlow's sampled_softmax_loss does), has log of its
-    item's expected count subtracted; for a uniform draw that is one constant and cancels.
-    Candidates equal to the row's target get -inf, so the target only competes with others.
+    hidden [P, H], the item vectors of targets [P, H] and of candidates [N, H], targets [P],
+    candidates [N], log_expected [I + 1]. Every logit, the target's included (as TensorFlow's
+    sampled_softmax_loss does), has log of its item's expected count subtracted; for a uniform
+    draw that is one constant and cancels. Candidates equal to the row's target get -inf, so the
+    target only competes with others. Only these rows' vectors are needed, not the catalogue's.
     """
-    pos = (hidden * emb[targets]).sum(-1) - log_expected[targets]  # [P]
-    neg = hidden @ emb[candidates].T - log_expected[candidates]  # [P, N]
+    pos = (hidden * target_vectors).sum(-1) - log_expected[targets]  # [P]
+    neg = hidden @ candidate_vectors.T - log_expected[candidates]  # [P, N]
     neg = neg.masked_fill(~negative_mask(targets, candidates), float("-inf"))
     logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
     return F.cross_entropy(logits, torch.zeros_like(targets))
@@ -137,7 +139,8 @@ def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
 
 def gbce(
     hidden: torch.Tensor,
-    emb: torch.Tensor,
+    target_vectors: torch.Tensor,
+    candidate_vectors: torch.Tensor,
     targets: torch.Tensor,
     candidates: torch.Tensor,
     beta: float,
@@ -145,10 +148,11 @@ def gbce(
 ) -> torch.Tensor:
     """-(beta log sigmoid(s+) + sum over negatives of log(1 - sigmoid(s-))) / (1 + k) per
     position, averaged: BCE in which the positive's probability is raised to the power beta.
-    Candidates equal to the row's target are not negatives of that row (they add nothing).
-    `offset` is added to every logit (see gbce_offset): one constant, so no ranking changes."""
-    pos = (hidden * emb[targets]).sum(-1) + offset
-    neg = hidden @ emb[candidates].T + offset
+    Arguments as sampled_softmax's. Candidates equal to the row's target are not negatives of
+    that row (they add nothing). `offset` is added to every logit (see gbce_offset): one
+    constant, so no ranking changes."""
+    pos = (hidden * target_vectors).sum(-1) + offset
+    neg = hidden @ candidate_vectors.T + offset
     neg_terms = F.logsigmoid(-neg) * negative_mask(targets, candidates)
     per_row = beta * F.logsigmoid(pos) + neg_terms.sum(-1)
     return -(per_row / (1 + len(candidates))).mean()
@@ -249,8 +253,8 @@ def next_item_training(
 class NextItemModule(RankingModule):
     """Every position of a window predicts its next item from the encoder's hidden state.
 
-    `model` is any nn.Module with forward(history) -> [B, L, H], `item_emb` (the output item
-    embeddings) and score(); config needs the loss fields (check_loss_fields), lr and
+    `model` is any nn.Module with forward(history) -> [B, L, H], item_embeddings() (the output
+    item vectors, [I+1, H]) and score(); config needs the loss fields (check_loss_fields), lr and
     weight_decay. `seed` seeds the negatives' generator (not the global RNG), so two runs with
     one seed draw the same negatives; a resumed run restarts that stream.
 
@@ -293,31 +297,27 @@ class NextItemModule(RankingModule):
 
     def mean_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The loss per target of the batch's positions (hidden [N, H], targets [N])."""
-        emb = self.model.item_emb.weight
         if self.loss_name == "ce":
             # Softmax over the real items only: column 0 (padding) never competes.
-            return F.cross_entropy(hidden @ emb[1:].T, targets - 1)
-        if self.loss_name == "sampled":
-            candidates, log_expected = sample_candidates(
-                targets,
-                self.n_items,
-                self.config.negatives,
-                self.config.negative_sampler,
-                self.generator,
-            )
-            return sampled_softmax(hidden, emb, targets, candidates, log_expected)
-        if self.loss_name == "gbce":
-            # Uniform negatives whatever negative_sampler says: beta's calibration assumes them.
-            candidates, _ = sample_candidates(
-                targets, self.n_items, self.config.negatives, "uniform", self.generator
-            )
-            return gbce(hidden, emb, targets, candidates, self.beta, self.offset)
-        negatives = sample_other_items(targets, self.n_items, self.generator)  # bce
-        pos = (hidden * emb[targets]).sum(-1)
-        neg = (hidden * emb[negatives]).sum(-1)
-        return F.binary_cross_entropy_with_logits(
-            torch.cat([pos, neg]), torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])
+            return F.cross_entropy(hidden @ self.model.item_embeddings()[1:].T, targets - 1)
+        if self.loss_name == "bce":
+            negatives = sample_other_items(targets, self.n_items, self.generator)
+            vectors = self.model.item_embeddings(torch.cat([targets, negatives]))
+            scores = (hidden.repeat(2, 1) * vectors).sum(-1)
+            labels = torch.cat([torch.ones_like(targets), torch.zeros_like(negatives)])
+            return F.binary_cross_entropy_with_logits(scores, labels.float())
+        # gbce draws uniform negatives whatever negative_sampler says: beta assumes them.
+        sampler = "uniform" if self.loss_name == "gbce" else self.config.negative_sampler
+        candidates, log_expected = sample_candidates(
+            targets, self.n_items, self.config.negatives, sampler, self.generator
         )
+        # The vectors of these rows alone: with item attributes, the catalogue's table costs
+        # more than the rest of a step.
+        vectors = self.model.item_embeddings(torch.cat([targets, candidates]))
+        rows = (vectors[: len(targets)], vectors[len(targets) :], targets, candidates)
+        if self.loss_name == "gbce":
+            return gbce(hidden, *rows, self.beta, self.offset)
+        return sampled_softmax(hidden, *rows, log_expected)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(

@@ -225,11 +225,12 @@ def _write_graphs(spec: ModelSpec, net: Any, data: Any, out: Path) -> tuple[dict
         return graphs, lambda h, u: np.broadcast_to(static, (len(h), n_scores)).copy()
 
     if spec.export == HISTORY_GRAPH:
-        dim = int(net.item_emb.weight.shape[1])
+        items = net.item_embeddings()
+        dim = int(items.shape[1])
         vector = _io("user_embedding", "float32", ["batch", dim])
         onnx_export(_Scores(net, False), (example,), out / "model.onnx", [history], [scores])
         onnx_export(_LastState(net), (example,), out / "user_embedding.onnx", [history], [vector])
-        _save_items(out, net.item_emb.weight)
+        _save_items(out, items)
         session = ort_session(out / "model.onnx")
         graphs = {
             "scorer": "onnx_scores",

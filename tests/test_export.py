@@ -26,7 +26,7 @@ from tests.conftest import synthetic_features
 SMALL = {
     "train.accelerator": "cpu",
     "train.max_epochs": 1,
-    "train.sasrec": {"hidden": 16, "batch_size": 256},
+    "train.sasrec": {"hidden": 16, "batch_size": 256, "item_features": True},  # attributes too
     "train.gru4rec": {"hidden": 16, "batch_size": 256},
     "train.two_tower": {"dim": 16, "hidden": 32, "batch_size": 256, "history_len": 8},
     "train.als": {"factors": 8, "iterations": 3},

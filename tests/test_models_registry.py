@@ -139,7 +139,7 @@ def test_spec_describes_what_the_model_does(name: str, data: FeatureData):
         with torch.no_grad():
             hidden = model(history)
         assert hidden.shape[:2] == history.shape
-        expected = hidden[:, -1] @ model.item_emb.weight.T
+        expected = hidden[:, -1] @ model.item_embeddings().T
         torch.testing.assert_close(scores(model, data), expected)
     if spec.export == EMBEDDINGS:
         history = torch.from_numpy(data.test_input.astype(np.int64))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from recsys_models import sasrec, sequence_training
+from recsys_models import gru4rec, sasrec, sequence_training
 from recsys_models.data import FeatureData, eval_loader, shuffled_batches
+from recsys_models.item_attributes import attribute_ids
 from recsys_models.metrics import evaluate
 from tasks.params import FeaturesParams
 from tests.conftest import quiet_trainer, synthetic_features
@@ -257,3 +258,40 @@ def test_an_epochs_objective_does_not_depend_on_how_windows_are_batched(synth_da
         grouped = sum(module.loss(b) for b in datamodule.train_dataloader())
         plain = sum(module.loss(b) for b in random_batches)
     assert float(grouped) == pytest.approx(float(plain), rel=1e-4)
+
+
+def test_attribute_ids_list_each_items_genres_and_year_left_aligned():
+    genres = np.array([[1, 1, 0], [0, 1, 1], [0, 0, 0], [1, 0, 0]], dtype=np.uint8)
+    year = np.array([3, 2, 0, 1])
+    ids = attribute_ids(genres, year)
+    # Row 0 is padding whatever it holds; genre g -> id g + 1; year bucket b > 0 -> id 3 + b.
+    assert ids.tolist() == [[0, 0, 0], [2, 3, 5], [0, 0, 0], [1, 4, 0]]
+    assert attribute_ids(genres, np.zeros(4, dtype=np.int64)).shape == (4, 2)
+    assert attribute_ids(np.zeros((4, 3)), np.zeros(4, dtype=np.int64)) is None
+
+
+@pytest.mark.parametrize("encoder", ["sasrec", "gru4rec"])
+def test_item_attributes_join_the_id_vector_on_input_and_output(synth_data, encoder):
+    module_file = sasrec if encoder == "sasrec" else gru4rec
+    config = module_file.Config(hidden=16, item_features=True)
+    model = module_file.restore(synth_data, config).eval()
+    table = model.item_embeddings()
+    assert table.shape == (synth_data.n_items + 1, 16)
+    assert torch.equal(table[0], torch.zeros(16))  # padding stays exactly zero
+    items = torch.tensor([[0, 3, 5]])
+    torch.testing.assert_close(model.item_embeddings(items)[0], table[items[0]])
+    # Two items with the same attributes differ only by their ids' vectors.
+    with torch.no_grad():
+        model.item_emb.weight.zero_()
+    same = (synth_data.item_genres[1:] == synth_data.item_genres[1]).all(axis=1)
+    same &= synth_data.item_year_bucket[1:] == synth_data.item_year_bucket[1]
+    twins = np.flatnonzero(same) + 1
+    assert len(twins) >= 2 and torch.equal(
+        model.item_embeddings()[twins[0]], model.item_embeddings()[twins[1]]
+    )
+    # The scores read the same table.
+    history = torch.as_tensor(synth_data.test_input[1:3], dtype=torch.long)
+    want = model(history)[:, -1] @ model.item_embeddings().T
+    torch.testing.assert_close(model.score(torch.arange(2), history), want)
+    without = module_file.restore(synth_data, module_file.Config(hidden=16, item_features=False))
+    assert without.item_attributes is None and "item_attributes.ids" in model.state_dict()

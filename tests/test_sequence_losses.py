@@ -93,7 +93,8 @@ def test_sampled_softmax_skips_collisions_and_applies_log_q():
     targets = torch.tensor([1, 2, 5])
     candidates = torch.tensor([2, 3, 2, 5])
     log_q = torch.log(torch.tensor([1.0, 0.5, 2.0, 0.25, 1.0, 4.0]))
-    got = sequence_training.sampled_softmax(hidden, emb, targets, candidates, log_q)
+    rows = (emb[targets], emb[candidates], targets, candidates)
+    got = sequence_training.sampled_softmax(hidden, *rows, log_q)
     want = []
     for row, target in enumerate(targets.tolist()):
         others = [c for c in candidates.tolist() if c != target]
@@ -103,8 +104,8 @@ def test_sampled_softmax_skips_collisions_and_applies_log_q():
     # a uniform draw's correction is one constant: the same loss as no correction at all
     flat = torch.full((6,), -1.7)
     torch.testing.assert_close(
-        sequence_training.sampled_softmax(hidden, emb, targets, candidates, flat),
-        sequence_training.sampled_softmax(hidden, emb, targets, candidates, flat * 0),
+        sequence_training.sampled_softmax(hidden, *rows, flat),
+        sequence_training.sampled_softmax(hidden, *rows, flat * 0),
     )
 
 
@@ -127,7 +128,8 @@ def test_gbce_beta_and_loss():
     assert sequence_training.gbce_beta(256, 10_001, 0.75) == pytest.approx(want)
     hidden, emb = torch.randn(2, 3), torch.randn(5, 3)
     targets, candidates = torch.tensor([1, 3]), torch.tensor([3, 4])
-    got = sequence_training.gbce(hidden, emb, targets, candidates, beta=0.4, offset=0.5)
+    rows = (emb[targets], emb[candidates], targets, candidates)
+    got = sequence_training.gbce(hidden, *rows, beta=0.4, offset=0.5)
     s = hidden @ emb.T + 0.5
     row0 = 0.4 * F.logsigmoid(s[0, 1]) + F.logsigmoid(-s[0, 3]) + F.logsigmoid(-s[0, 4])
     row1 = 0.4 * F.logsigmoid(s[1, 3]) + F.logsigmoid(-s[1, 4])  # 3 is row 1's own target
@@ -136,9 +138,9 @@ def test_gbce_beta_and_loss():
     beta, k = 0.3, 8
     offset = torch.tensor(sequence_training.gbce_offset(k, beta), requires_grad=True)
     flat = torch.zeros(1, 3)
-    loss = sequence_training.gbce(
-        flat, torch.zeros(k + 2, 3), torch.tensor([1]), torch.arange(2, k + 2), beta, offset
-    )
+    targets, candidates = torch.tensor([1]), torch.arange(2, k + 2)
+    rows = (torch.zeros(1, 3), torch.zeros(k, 3), targets, candidates)
+    loss = sequence_training.gbce(flat, *rows, beta, offset)
     loss.backward()
     assert abs(float(offset.grad)) < 1e-6
 

@@ -210,7 +210,9 @@ def test_data_parallel_training_on_two_cpu_processes_agrees_with_one(
     import yaml
 
     def run(name: str, devices: int, batch_size: int) -> dict:
-        sasrec = {"hidden": 32, "dropout": 0.0, "batch_size": batch_size}
+        # Ids only: the tolerance below was set at that model's level (with the synthetic
+        # genres NDCG@10 doubles, and the two runs' gap with it: 0.41 against 0.47, seeds 1, 2).
+        sasrec = {"hidden": 32, "dropout": 0.0, "batch_size": batch_size, "item_features": False}
         train = {"accelerator": "cpu", "devices": devices, "max_epochs": 3, "patience": 3}
         train |= {"strategy": "ddp" if devices > 1 else "auto", "sasrec": sasrec}
         params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
