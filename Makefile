@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate tables serve bench-serve bench-scale bench-text bench-beauty prefect clean install-text
+.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate tables serve bench-serve bench-scale bench-scale-pipeline bench-text bench-beauty prefect clean install-text
 
 venv: $(STAMP)
 
@@ -109,6 +109,14 @@ bench-classic: data .venv-peers/.installed
 # SCALE_ARGS="--items 1000000 --users 160000 --interactions 20000000" for the issue's size.
 bench-scale: $(STAMP)
 	$(BIN)/python bench/bench_scale.py $(SCALE_ARGS)
+
+# Every pipeline stage at MovieLens-25M's shape (issue 19): wall time and peak RSS of synth,
+# ingest, validate, features, SASRec and two-tower (one epoch), item-kNN, EASE's refusal, evaluate
+# and export, beside the issue's targets (bench/results/scale_pipeline.md). Slow on 2 cores;
+# PIPELINE_ARGS="--interactions 200000" for a check in minutes, --work DIR --stages ... to rerun.
+PIPELINE_ARGS ?= --interactions 25000000
+bench-scale-pipeline: $(STAMP)
+	$(BIN)/python bench/bench_scale.py --pipeline $(PIPELINE_ARGS)
 
 # Text embeddings: encoder items/s on this machine, the cache on a re-run, cold items with and
 # without text (bench/results/text.{json,md}); needs the text extra.

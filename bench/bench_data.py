@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -28,6 +29,7 @@ RESULTS = ROOT / "bench" / "results"
 from bench.common import machine, run_timed, write_results  # noqa: E402
 
 STAGES = ("ingest", "validate", "features")
+RECSYS = [sys.executable, "-m", "cli.main"]
 
 
 def sizes_for(n: int) -> tuple[int, int]:
@@ -35,39 +37,55 @@ def sizes_for(n: int) -> tuple[int, int]:
     return max(100, round(n * 162_541 / 25_000_095)), max(50, round(n * 59_047 / 25_000_095))
 
 
+def synth_command(n: int, users: int, items: int, raw: Path) -> list[str]:
+    """`recsys synth` writing the raw file (interactions.parquet, items.parquet) to `raw`."""
+    sizes = ["--users", str(users), "--items", str(items), "--interactions", str(n)]
+    return [*RECSYS, "synth", *sizes, "--out", str(raw)]
+
+
+def stage_params(raw: Path, work: Path, settings: dict[str, Any] | None = None) -> Path:
+    """work/params.yaml: params.yaml reading the synthetic raw file, with every folder a stage
+    reads or writes under `work` (never the project's data/, models/, reports/ or artifacts/),
+    and `settings` (dotted keys, as `recsys --set`) on top."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["ingest"].update(
+        source="parquet",
+        path=str(raw / "interactions.parquet"),
+        out=str(work / "interim"),
+        appended=str(work / "appended"),
+    )
+    params["validate"]["out"] = str(work / "validation")
+    params["features"]["out"] = str(work / "features")
+    params["features"]["text"]["cache"] = str(work / "text_cache")
+    params["train"]["out"] = str(work / "models")
+    params["evaluate"].update(out=str(work / "evaluation"), artifacts=str(work / "artifacts"))
+    for key, value in (settings or {}).items():
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    work.mkdir(parents=True, exist_ok=True)
+    params_file = work / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    return params_file
+
+
+def stage_command(stage: str, params_file: Path) -> list[str]:
+    """One data stage (ingest, validate, features) as the `recsys` process a user runs."""
+    return [*RECSYS, stage, "--params", str(params_file)]
+
+
 def bench_size(n: int, repeats: int, work: Path) -> dict:
     users, items = sizes_for(n)
     work = work / f"n{n}"  # own folders per size: the drift check compares runs of one size
     raw = work / "raw"
-    recsys = [sys.executable, "-m", "cli.main"]
-    subprocess.run(
-        [
-            *recsys,
-            "synth",
-            "--users",
-            str(users),
-            "--items",
-            str(items),
-            "--interactions",
-            str(n),
-            "--out",
-            str(raw),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["ingest"].update(
-        source="parquet", path=str(raw / "interactions.parquet"), out=str(work / "interim")
-    )
-    params["validate"]["out"] = str(work / "validation")
-    params["features"]["out"] = str(work / "features")
-    params_file = work / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
+    subprocess.run(synth_command(n, users, items, raw), check=True, stdout=subprocess.DEVNULL)
+    params_file = stage_params(raw, work)
     runs = {stage: [] for stage in STAGES}
     for _ in range(repeats):
         for stage in STAGES:
-            runs[stage].append(run_timed([*recsys, stage, "--params", str(params_file)]))
+            runs[stage].append(run_timed(stage_command(stage, params_file)))
     row = {"interactions": n, "users": users, "items": items, "repeats": repeats}
     for stage in STAGES:
         walls = [w for w, _ in runs[stage]]

@@ -13,7 +13,23 @@ from pathlib import Path
 def run_timed(
     cmd: list[str], log: Path | None = None, cwd: Path | None = None
 ) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GiB) of one child process, from the kernel's rusage of it."""
+    """Wall seconds and peak RSS (GiB) of one child process, from the kernel's rusage of it;
+    a non-zero exit stops the benchmark with the command's output."""
+    wall, rss, code, detail = _run(cmd, log, cwd)
+    if code != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{detail}")
+    return wall, rss
+
+
+def run_status(cmd: list[str], log: Path, cwd: Path | None = None) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS (GiB) and exit status of one child process writing to `log`: for a
+    benchmark that records a failed stage and goes on instead of stopping (bench_scale.py
+    --pipeline)."""
+    wall, rss, code, _ = _run(cmd, log, cwd)
+    return wall, rss, code
+
+
+def _run(cmd: list[str], log: Path | None, cwd: Path | None) -> tuple[float, float, int, str]:
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -22,14 +38,12 @@ def run_timed(
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
+    if log:
+        out.close()
     detail = (
         log.read_text()[-3000:] if log else (proc.stderr.read().decode() if proc.stderr else "")
     )
-    if log:
-        out.close()
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{detail}")
-    return wall, usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+    return wall, usage.ru_maxrss / 1024**2, proc.returncode, detail  # ru_maxrss: KiB on Linux
 
 
 def machine() -> str:

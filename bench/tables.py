@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -37,6 +38,9 @@ CLOSE = "<!-- /generated -->"
 ANY_OPEN = re.compile(r"^<!-- generated", re.MULTILINE)
 ANY_CLOSE = re.compile(r"^<!-- /generated -->$", re.MULTILINE)
 DOCS = ("README.md", "docs/benchmarks.md")  # the documents whose generated blocks are checked
+# bench/results/<name>.json comes from bench/bench_<name>.py, except the results a script writes
+# beside its own (their tables() renders them too): <name> -> the script's <name>.
+SCRIPTS = {"scale_pipeline": "scale"}  # bench_scale.py --pipeline
 
 
 @dataclass(frozen=True)
@@ -75,15 +79,22 @@ def find_blocks(text: str, where: str = "README.md") -> list[Block]:
     return blocks
 
 
+def script(name: str) -> ModuleType:
+    """The bench/bench_<script>.py module that writes and renders bench/results/<name>.json."""
+    return importlib.import_module(f"bench.bench_{SCRIPTS.get(name, name)}")
+
+
 def tables_function(source: str, where: str) -> Callable[[dict], dict[str, str]]:
-    """bench/results/<name>.json is written by bench/bench_<name>.py, whose tables() renders it."""
+    """bench/results/<name>.json is written by bench/bench_<name>.py (or the script SCRIPTS
+    names), whose tables() renders it."""
     name = Path(source).stem
+    file = f"bench/bench_{SCRIPTS.get(name, name)}.py"
     try:
-        module = importlib.import_module(f"bench.bench_{name}")
+        module = script(name)
     except ModuleNotFoundError as exc:
-        raise RecsysError(f"{where}: {source}: no script bench/bench_{name}.py renders it") from exc
+        raise RecsysError(f"{where}: {source}: no script {file} renders it") from exc
     if not hasattr(module, "tables"):
-        raise RecsysError(f"{where}: bench/bench_{name}.py has no tables(result) function")
+        raise RecsysError(f"{where}: {file} has no tables(result) function")
     return module.tables
 
 
@@ -124,8 +135,7 @@ def result_markdowns(results: Path) -> dict[Path, str]:
     """Each bench/results/<name>.md as its script's markdown() renders it from <name>.json."""
     expected = {}
     for path in sorted(results.glob("*.json")):
-        module = importlib.import_module(f"bench.bench_{path.stem}")
-        expected[path.with_suffix(".md")] = module.markdown(json.loads(path.read_text()))
+        expected[path.with_suffix(".md")] = script(path.stem).markdown(json.loads(path.read_text()))
     return expected
 
 

@@ -6,7 +6,6 @@ No benchmark runs here: bench.tables re-renders the committed bench/results/*.js
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 from pathlib import Path
@@ -83,7 +82,7 @@ def test_a_changed_json_figure_is_flagged_then_regenerated_into_readme_and_md(
 def test_markdown_is_assembled_from_tables_for_every_benchmark() -> None:
     """The .md a script writes contains each of its tables() blocks verbatim."""
     for path in sorted((ROOT / "bench" / "results").glob("*.json")):
-        module = importlib.import_module(f"bench.bench_{path.stem}")
+        module = tables.script(path.stem)
         result = json.loads(path.read_text())
         md = module.markdown(result)
         for block in module.tables(result).values():
