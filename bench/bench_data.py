@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 from bench.common import machine, run_timed, write_results  # noqa: E402
+from tasks.params import as_dict, load_params  # noqa: E402
 
 STAGES = ("ingest", "validate", "features")
 RECSYS = [sys.executable, "-m", "cli.main"]
@@ -47,27 +48,22 @@ def stage_params(raw: Path, work: Path, settings: dict[str, Any] | None = None) 
     """work/params.yaml: params.yaml reading the synthetic raw file, with every folder a stage
     reads or writes under `work` (never the project's data/, models/, reports/ or artifacts/),
     and `settings` (dotted keys, as `recsys --set`) on top."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["ingest"].update(
-        source="parquet",
-        path=str(raw / "interactions.parquet"),
-        out=str(work / "interim"),
-        appended=str(work / "appended"),
-    )
-    params["validate"]["out"] = str(work / "validation")
-    params["features"]["out"] = str(work / "features")
-    params["features"]["text"]["cache"] = str(work / "text_cache")
-    params["train"]["out"] = str(work / "models")
-    params["evaluate"].update(out=str(work / "evaluation"), artifacts=str(work / "artifacts"))
-    for key, value in (settings or {}).items():
-        *parents, leaf = key.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    folders = {
+        "ingest.source": "parquet",
+        "ingest.path": str(raw / "interactions.parquet"),
+        "ingest.out": str(work / "interim"),
+        "ingest.appended": str(work / "appended"),
+        "validate.out": str(work / "validation"),
+        "features.out": str(work / "features"),
+        "features.text.cache": str(work / "text_cache"),
+        "train.out": str(work / "models"),
+        "evaluate.out": str(work / "evaluation"),
+        "evaluate.artifacts": str(work / "artifacts"),
+    }
+    params = load_params(ROOT / "params.yaml", folders | (settings or {}))
     work.mkdir(parents=True, exist_ok=True)
     params_file = work / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
+    params_file.write_text(yaml.safe_dump(as_dict(params)))
     return params_file
 
 
