@@ -289,13 +289,14 @@ def tables(result: dict) -> dict[str, str]:
     published += "| --- | ---: | ---: |\n"
     published += "".join(f"| {name} | {n:.4f} | {h:.4f} |\n" for name, n, h in PUBLISHED)
     selection = (
-        "| SASRec overrides (of the params.yaml at the run's `code`) "
+        "| SASRec overrides (of the params.yaml at the run's code) | code "
         "| val NDCG@10 | val HR@10 | epochs | train s |\n"
     )
-    selection += "| --- | ---: | ---: | ---: | ---: |\n"
+    selection += "| --- | --- | ---: | ---: | ---: | ---: |\n"
     for run in sorted(result.get("selection", []), key=lambda r: -r["val"]["ndcg@10"]):
         selection += (
-            f"| {' '.join(run['overrides']) or '(defaults)'} | {run['val']['ndcg@10']:.4f} "
+            f"| {' '.join(run['overrides']) or '(defaults)'} | {run['code']} "
+            f"| {run['val']['ndcg@10']:.4f} "
             f"| {run['val']['hr@10']:.4f} | {run['epochs']} | {run['train_seconds']:.0f}"
             f"{' *' if run.get('note') else ''} |\n"
         )

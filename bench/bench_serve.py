@@ -159,19 +159,22 @@ def timed_loop(call, inputs: list[np.ndarray], seconds: float) -> np.ndarray:
 # --- HTTP -------------------------------------------------------------------------------------
 
 
-def bench_http(args: argparse.Namespace, artifacts: Path, folder: Path) -> list[dict]:
+def bench_http(
+    args: argparse.Namespace, artifacts: Path, folder: Path, workers: int = 1
+) -> list[dict]:
+    """The service (`workers` processes) under a closed loop at each --concurrency."""
     import polars as pl
 
     users = pl.read_parquet(folder / "user_map.parquet")["user_id"].cast(pl.Utf8).to_list()
     port = free_port()
     cmd = [sys.executable, "-m", "deploy.service", "--artifacts", str(artifacts)]
-    cmd += ["--port", str(port), "--log-level", "warning"]
+    cmd += ["--port", str(port), "--log-level", "warning", "--workers", str(workers)]
     proc = subprocess.Popen(cmd, cwd=ROOT)
     try:
         wait_ready(port, proc)
         rows = []
         for clients in args.concurrency:
-            row = load(port, users, clients, args.duration)
+            row = {"workers": workers} | load(port, users, clients, args.duration)
             print(row, flush=True)
             rows.append(row)
         return rows

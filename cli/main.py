@@ -346,6 +346,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     """The service of deploy/ (FastAPI, onnxruntime), until interrupted."""
     argv = ["--artifacts", args.artifacts, "--host", args.host, "--port", str(args.port)]
     argv += ["--poll", str(args.poll), "--log-level", args.log_level]
+    argv += ["--workers", str(args.workers)]
     print(
         f"serving the champion of {args.artifacts} on http://{args.host}:{args.port} "
         f"(API docs: /docs; Ctrl-C stops)",
@@ -632,6 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between champion checks")
+    p.add_argument(
+        "--workers", type=int, default=1, help="server processes on the one port (default: 1)"
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     flow = sub.add_parser("flow", help="Run the Prefect flow.", description="Prefect flows.")

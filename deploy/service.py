@@ -26,6 +26,10 @@ only when champion.json changes again. When nothing is being served yet (at star
 champion is refused, the newest version under artifacts/ that verifies is served instead, as a
 fallback that /readyz and /metrics report, until a champion loads.
 
+--workers N runs N server processes on one socket (uvicorn's supervisor), so a machine's cores
+all answer requests: each process loads the champion and polls it on its own, the HNSW index is
+memory-mapped and so shared, and /metrics counts the requests of the process that answers it.
+
 Limits, so that a hostile or broken client cannot exhaust the process: request bodies over
 --max-body-bytes get 413 before they are read; a connection that has not sent a request's
 headers within --header-timeout seconds, or stays idle --keep-alive-timeout seconds after a
@@ -39,6 +43,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -84,6 +89,7 @@ MAX_K = 1000
 # one request can make the process hold.
 MAX_BODY_BYTES = 2**20
 HEADER_TIMEOUT_S = 10.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 KEEP_ALIVE_TIMEOUT_S = 5.0
 LIMIT_CONCURRENCY = 256
 
@@ -382,7 +388,7 @@ class HeaderTimeoutH11(H11Protocol):
     request's headers a byte at a time (slowloris), holds its socket for ever. Here a timer
     starts when the connection opens, and with the first byte of each later request, and
     closes the connection if the request's headers are still incomplete when it fires.
-    main() sets `header_timeout` in a subclass.
+    main() (or, in a worker process, app_from_environment()) sets `header_timeout`.
     """
 
     header_timeout: float = HEADER_TIMEOUT_S
@@ -669,6 +675,18 @@ def _split(values: list[str] | None) -> list[str]:
     return [part.strip() for v in values or [] for part in v.split(",") if part.strip()]
 
 
+OPTIONS_ENV = "RECSYS_SERVICE_OPTIONS"  # main()'s options, for the --workers processes
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one --workers process. uvicorn starts them fresh (multiprocessing's spawn)
+    and imports this factory, so main() hands its options over in the environment."""
+    options = json.loads(os.environ[OPTIONS_ENV])
+    logging.basicConfig(level=options.pop("log_level").upper(), format=LOG_FORMAT)
+    HeaderTimeoutH11.header_timeout = options.pop("header_timeout")
+    return create_app(**options)
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -676,6 +694,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts", default="artifacts", help="artifacts folder")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1, help="server processes (one socket)")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between champion checks")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per request")
     parser.add_argument("--max-history", type=int, default=1000, help="most items per POST")
@@ -702,23 +721,32 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    app = create_app(args.artifacts, args.poll, args.threads, args.max_history, args.max_body_bytes)
-    protocol = type(
-        "HeaderTimeoutH11", (HeaderTimeoutH11,), {"header_timeout": args.header_timeout}
-    )
-    uvicorn.run(
-        app,
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    HeaderTimeoutH11.header_timeout = args.header_timeout
+    served = dict(
         host=args.host,
         port=args.port,
         log_level=args.log_level,
         access_log=False,
-        http=protocol,
+        http=HeaderTimeoutH11,
         timeout_keep_alive=args.keep_alive_timeout,
         limit_concurrency=args.limit_concurrency,
     )
+    options = {
+        "artifacts": args.artifacts,
+        "poll_seconds": args.poll,
+        "threads": args.threads,
+        "max_history": args.max_history,
+        "max_body_bytes": args.max_body_bytes,
+    }
+    if args.workers == 1:
+        uvicorn.run(create_app(**options), **served)
+        return
+    extra = {"header_timeout": args.header_timeout, "log_level": args.log_level}
+    os.environ[OPTIONS_ENV] = json.dumps(options | extra)
+    uvicorn.run("deploy.service:app_from_environment", factory=True, workers=args.workers, **served)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ class BPRModule(RankingModule):
         return -F.logsigmoid(margin).mean() + self.config.l2 * used.mean()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
+        return torch.optim.Adam(self.model.parameters(), lr=self.config.lr, fused=True)
 
 
 def restore(data: FeatureData, config: Config) -> BPRMF:

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
+from recsys_models.dropout import Dropout
 from recsys_models.item_attributes import ItemAttributes, attribute_ids, item_vectors
+from recsys_models.item_table import CachedItemTable
 from recsys_models.sequence_training import (
     NextItemModule,
     WindowData,
@@ -67,7 +69,7 @@ SEARCH_SPACE = {
 }
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(CachedItemTable):
     def __init__(
         self,
         n_items: int,
@@ -81,7 +83,7 @@ class GRU4Rec(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.item_attributes = None if attributes is None else ItemAttributes(attributes, hidden)
         self.gru = nn.GRU(hidden, hidden, num_layers=layers, bias=False, batch_first=True)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         nn.init.normal_(self.item_emb.weight, std=hidden**-0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -96,7 +98,7 @@ class GRU4Rec(nn.Module):
 
     def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """Scores of every item (column 0 is padding) after the last position, [B, I+1]."""
-        return self(history)[:, -1] @ self.item_embeddings().T
+        return self(history)[:, -1] @ self.item_table().T
 
     def item_embeddings(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """The vectors of `items` (None: the catalogue, [I+1, H]) that input and output share."""

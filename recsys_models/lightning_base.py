@@ -40,10 +40,12 @@ class RankingModule(L.LightningModule):
 
 class TrainClock(L.Callback):
     """Seconds spent in training epochs (validation included), summed over resumed runs: its
-    state rides in the checkpoints, so a resumed run reports the time of all its epochs."""
+    state rides in the checkpoints, so a resumed run reports the time of all its epochs. The
+    validations' share is counted apart as well (on a large data set it is a real part)."""
 
     def __init__(self):
         self.seconds, self.start = 0.0, None
+        self.validation_seconds, self.validation_start = 0.0, None
 
     @property
     def state_key(self) -> str:
@@ -52,16 +54,22 @@ class TrainClock(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start = time.perf_counter()
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validation_start = time.perf_counter()
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Before ModelCheckpoint's hook (Lightning runs checkpoint callbacks last), so the
         # checkpoint written at the end of this epoch already counts it. The sanity check's
         # validation runs before any epoch and is not training time.
+        now = time.perf_counter()
         if self.start is not None and not trainer.sanity_checking:
-            self.seconds += time.perf_counter() - self.start
+            self.seconds += now - self.start
+            self.validation_seconds += now - self.validation_start
             self.start = None
 
     def state_dict(self) -> dict[str, float]:
-        return {"seconds": self.seconds}
+        return {"seconds": self.seconds, "validation_seconds": self.validation_seconds}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.seconds = float(state_dict["seconds"])
+        self.validation_seconds = float(state_dict.get("validation_seconds", 0.0))

@@ -18,6 +18,10 @@ import torch
 
 KS = (5, 10, 20)
 DIRECT_COUNT_MAX_TARGETS = 8
+# Scores per block of rows in target_positions: 2 MiB of float32, within a core's L2 cache. Each
+# row is read by several elementwise passes; done a few rows at a time they hit the cache, not
+# memory (256 users x 59k items on 2 cores: 113 ms whole, 29 ms in blocks of 8 rows).
+BLOCK_SCORES = 1 << 19
 
 
 def evaluate_batch(
@@ -129,8 +133,32 @@ def target_positions(
 
     Up to DIRECT_COUNT_MAX_TARGETS targets are counted with one comparison pass each (leave-one-
     out has one); more are counted in each row sorted once (searchsorted), which keeps time and
-    memory at O(B * items * log items) however many targets a user has.
+    memory at O(B * items * log items) however many targets a user has. Rows are taken in blocks
+    of BLOCK_SCORES scores; each row's result is its own, so the blocks change nothing.
     """
+    rows = max(1, BLOCK_SCORES // max(scores.shape[1], 1))
+    if len(scores) <= rows or scores.device.type != "cpu":  # a GPU has no use for small blocks
+        return _block_positions(scores, targets, seen_rows, seen_cols)
+    has_seen = seen_rows is not None and seen_cols is not None
+    blocks = []
+    for start in range(0, len(scores), rows):
+        end = start + rows
+        seen = (None, None)
+        if has_seen:
+            inside = (seen_rows >= start) & (seen_rows < end)
+            seen = (seen_rows[inside] - start, seen_cols[inside])
+        blocks.append(_block_positions(scores[start:end], targets[start:end], *seen))
+    positions, beaten = zip(*blocks, strict=True)
+    return torch.cat(positions), torch.cat(beaten)
+
+
+def _block_positions(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    seen_rows: torch.Tensor | None,
+    seen_cols: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """target_positions of some rows, all at once."""
     scores = scores.float()
     scores = torch.where(torch.isnan(scores), float("-inf"), scores)
     targets = targets.to(scores.device)

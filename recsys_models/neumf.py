@@ -21,6 +21,7 @@ from torch import nn
 
 from recsys_models.bpr_mf import BPRData, BPRModule
 from recsys_models.data import FeatureData
+from recsys_models.dropout import Dropout
 from recsys_models.spec import GRADIENT, SCORE_GRAPH, Choice, ModelSpec, Range
 
 
@@ -61,7 +62,7 @@ class NeuMF(nn.Module):
         self.first_user = nn.Linear(dim, hidden)  # the first MLP layer's user half (with bias)
         self.first_item = nn.Linear(dim, hidden, bias=False)  # ... and its item half
         self.second = nn.Linear(hidden, hidden // 2)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.fuse = nn.Linear(dim + hidden // 2, 1)
         for emb in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
             nn.init.normal_(emb.weight, std=0.1)
@@ -101,7 +102,10 @@ class NeuMFModule(BPRModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
-            self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+            self.model.parameters(),
+            lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+            fused=True,
         )
 
 

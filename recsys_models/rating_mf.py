@@ -116,7 +116,7 @@ class RatingModule(RankingModule):
         return error + self.config.l2 * norm.mean()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
+        return torch.optim.Adam(self.model.parameters(), lr=self.config.lr, fused=True)
 
 
 def restore(data: FeatureData, config: Config) -> RatingMF:

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from recsys_models.data import FeatureData
+from recsys_models.dropout import Dropout
 from recsys_models.item_attributes import ItemAttributes, attribute_ids, item_vectors
+from recsys_models.item_table import CachedItemTable
 from recsys_models.sequence_training import (
     NextItemModule,
     WindowData,
@@ -87,10 +89,10 @@ class _Block(nn.Module):
         self.ffn = nn.Sequential(
             nn.Linear(hidden, ffn_mult * hidden),
             nn.GELU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(ffn_mult * hidden, hidden),
         )
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """x: [B, L, H]; allowed: bool [B, 1, L, L], True where query i may read key j."""
@@ -115,7 +117,7 @@ class _SwiGLU(nn.Module):
         super().__init__()
         self.w1, self.w3 = nn.Linear(hidden, width), nn.Linear(hidden, width)
         self.w2 = nn.Linear(width, hidden)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(self.drop(nn.functional.silu(self.w1(x)) * self.w3(x)))
@@ -140,7 +142,7 @@ class _LiGRBlock(_Block):
         return x + self.drop(torch.sigmoid(self.gate2(normed)) * self.ffn(normed))
 
 
-class SASRec(nn.Module):
+class SASRec(CachedItemTable):
     def __init__(
         self,
         n_items: int,
@@ -161,7 +163,7 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.item_attributes = None if attributes is None else ItemAttributes(attributes, hidden)
         self.pos_emb = nn.Embedding(max_len, hidden)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         kind = _LiGRBlock if block == "ligr" else _Block
         self.blocks = nn.ModuleList(kind(hidden, heads, ffn_mult, dropout) for _ in range(blocks))
         self.norm = nn.LayerNorm(hidden)
@@ -192,7 +194,7 @@ class SASRec(nn.Module):
 
     def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """Scores of every item (column 0 is padding) after the last position, [B, I+1]."""
-        return self(history)[:, -1] @ self.item_embeddings().T
+        return self(history)[:, -1] @ self.item_table().T
 
     def item_embeddings(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """The vectors of `items` (None: the catalogue, [I+1, H]) that input and output share."""

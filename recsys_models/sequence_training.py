@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from recsys_models.data import FeatureData, eval_loader, length_bucketed_batches
 from recsys_models.lightning_base import RankingModule
+from recsys_models.negative_logsumexp import matching_pairs, negative_logsumexp
 
 LOSSES = ("ce", "bce", "sampled", "gbce", "auto")
 SAMPLERS = ("uniform", "in_batch", "mixed")
@@ -117,14 +118,15 @@ def sampled_softmax(
     hidden [P, H], the item vectors of targets [P, H] and of candidates [N, H], targets [P],
     candidates [N], log_expected [I + 1]. Every logit, the target's included (as TensorFlow's
     sampled_softmax_loss does), has log of its item's expected count subtracted; for a uniform
-    draw that is one constant and cancels. Candidates equal to the row's target get -inf, so the
-    target only competes with others. Only these rows' vectors are needed, not the catalogue's.
+    draw that is one constant and cancels. Candidates equal to the row's target are left out, so
+    the target only competes with others. Only these rows' vectors are needed, not the
+    catalogue's, and the [P, N] logits are never held whole (negative_logsumexp.py says why).
     """
     pos = (hidden * target_vectors).sum(-1) - log_expected[targets]  # [P]
-    neg = hidden @ candidate_vectors.T - log_expected[candidates]  # [P, N]
-    neg = neg.masked_fill(~negative_mask(targets, candidates), float("-inf"))
-    logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
-    return F.cross_entropy(logits, torch.zeros_like(targets))
+    excluded = matching_pairs(targets, candidates)
+    neg = negative_logsumexp(hidden, candidate_vectors, -log_expected[candidates], excluded)
+    # -log softmax of the target's logit among [target, candidates...]
+    return (torch.logaddexp(pos, neg) - pos).mean()
 
 
 def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
@@ -320,9 +322,13 @@ class NextItemModule(RankingModule):
         return sampled_softmax(hidden, *rows, log_expected)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        # fused (as every model's Adam here): one kernel over every parameter; the item table's
+        # update is otherwise a string of elementwise passes (2.9 against 7.5 ms a step at 59k
+        # items on 2 cores).
         return torch.optim.AdamW(
             self.parameters(),
             lr=self.config.lr,
             weight_decay=self.config.weight_decay,
             betas=(0.9, 0.98),
+            fused=True,
         )

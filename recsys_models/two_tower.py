@@ -29,6 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from recsys_models.data import FeatureData, eval_loader
+from recsys_models.dropout import Dropout
+from recsys_models.item_table import CachedItemTable
 from recsys_models.lightning_base import RankingModule
 from recsys_models.spec import EMBEDDINGS, GRADIENT, ModelSpec
 
@@ -73,11 +75,11 @@ class Config:
 
 def _mlp(dim: int, hidden: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        nn.Linear(dim, hidden), nn.ReLU(), Dropout(dropout), nn.Linear(hidden, dim)
     )
 
 
-class TwoTower(nn.Module):
+class TwoTower(CachedItemTable):
     """score(users, history) = user_embeddings(users, history) @ item_embeddings().T.
 
     The feature tables travel as buffers, so the state dict alone (with the Config and the
@@ -118,10 +120,8 @@ class TwoTower(nn.Module):
             self.register_buffer("user_codes", codes)
             sizes = codes.max(dim=0).values.tolist() if codes.numel() else []
             self.user_feature_embs.extend(nn.Embedding(int(n) + 1, d, padding_idx=0) for n in sizes)
-        self.history_dropout = nn.Dropout(config.dropout)
+        self.history_dropout = Dropout(config.dropout)
         self.user_mlp = _mlp(d, config.hidden, config.dropout)
-        self._item_cache: torch.Tensor | None = None
-        self.register_load_state_dict_post_hook(lambda module, keys: module._drop_cache())
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.config.similarity == "cosine" else x
@@ -164,21 +164,7 @@ class TwoTower(nn.Module):
 
     def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """[B, I+1]; in eval mode the catalogue is embedded once and reused until training."""
-        if self.training:
-            items = self.item_embeddings()
-        else:
-            if self._item_cache is None:
-                with torch.no_grad():
-                    self._item_cache = self.item_embeddings()
-            items = self._item_cache
-        return self.user_embeddings(users, history) @ items.T
-
-    def train(self, mode: bool = True) -> TwoTower:
-        self._drop_cache()
-        return super().train(mode)
-
-    def _drop_cache(self) -> None:
-        self._item_cache = None
+        return self.user_embeddings(users, history) @ self.item_table().T
 
 
 def corrected_logits(
@@ -256,7 +242,7 @@ class TwoTowerModule(RankingModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
-            self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+            self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay, fused=True
         )
 
 

@@ -34,7 +34,7 @@ CONFIG = "config.json"
 SKIPPED = "skipped"  # config.json's key for a model the features could not train
 METRICS = "metrics.json"
 TIMING = "timing.json"
-TIMING_KEYS = ("train_seconds",)
+TIMING_KEYS = ("train_seconds", "validation_seconds")
 VALIDATION_CURVE = Path("dvclive/plots/metrics/val/ndcg@10.tsv")  # DVCLive's step, ndcg@10
 
 

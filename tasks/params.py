@@ -276,6 +276,7 @@ class TrainParams:
     max_epochs: int = 200
     patience: int = 10
     eval_batch_size: int = 512
+    validation_users: int = 0  # 0: every user with a validation target; N: a seeded sample of N
     accelerator: str = "auto"
     devices: int = 1  # > 1 with strategy ddp: data-parallel processes (CPU: gloo)
     strategy: str = "auto"  # Lightning: auto|ddp|ddp_spawn|...
@@ -298,6 +299,8 @@ class TrainParams:
         for name in ("eval_batch_size", "devices", "workers"):
             value = getattr(self, name)
             _check(value >= 1, source, f"{where}.{name}", ">= 1", value)
+        users = self.validation_users
+        _check(users >= 0, source, f"{where}.validation_users", ">= 0", users)
         _check_choice(self.accelerator, ACCELERATORS, f"{where}.accelerator", source)
         _check_choice(self.parallel, PARALLEL, f"{where}.parallel", source)
         _check_choice(self.precision, PRECISIONS, f"{where}.precision", source)

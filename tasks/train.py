@@ -84,7 +84,9 @@ def train(
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     spec = model_store.spec(model)
     config = model_store.model_config(model, params.train.section(model), f"train.{model}")
-    data = load_features(features_dir, protocol)
+    data = validation_sample(
+        load_features(features_dir, protocol), params.train.validation_users, params.seed
+    )
     try:
         missing = check_needs(spec, data)
     except Unusable as exc:
@@ -150,6 +152,24 @@ def check_needs(spec: ModelSpec, data: FeatureData) -> list[str]:
     return missing
 
 
+def validation_sample(data: FeatureData, users: int, seed: int) -> FeatureData:
+    """`data` with validation targets for `users` users only, a sample drawn with `seed` (the
+    same users every epoch and every run), or unchanged when users is 0 or covers them all.
+
+    On a large data set the full-ranking validation of every user is a real part of each epoch;
+    early stopping needs a ranking figure, not all of it. Only the validation split changes:
+    training reads train_* alone, and the test split stays as it was.
+    """
+    has_target = np.flatnonzero(data.val_target > 0)
+    if users == 0 or len(has_target) <= users:
+        return data
+    keep = np.random.default_rng(seed).choice(has_target, size=users, replace=False)
+    target = np.zeros_like(data.val_target)
+    target[keep] = data.val_target[keep]
+    # The test split's seen items include the validation targets: fixed before they go.
+    return dataclasses.replace(data, val_target=target, test_seen=data.seen("test"))
+
+
 def trainer_settings(params: Params) -> dict[str, Any]:
     t = params.train
     return {
@@ -157,6 +177,7 @@ def trainer_settings(params: Params) -> dict[str, Any]:
         "max_epochs": t.max_epochs,
         "patience": t.patience,
         "eval_batch_size": t.eval_batch_size,
+        "validation_users": t.validation_users,
         "accelerator": t.accelerator,
         "precision": resolve_precision(t.precision, t.accelerator),
     }
@@ -216,10 +237,12 @@ def _fit_gradient(spec: ModelSpec, data, config, params: Params, out_dir: Path, 
     final, best = _final_and_best(ckpt_dir, best_checkpoint.state_key)
     lit.load_state_dict(best["state_dict"])
     net = lit.model.to(torch.device("cpu"))
+    clock = _callback_state(final, "TrainClock")
     return net, {
         "epochs": int(final["epoch"]) + 1,
         "best_epoch": int(best["epoch"]) + 1,
-        "train_seconds": round(_callback_state(final, "TrainClock").get("seconds", 0.0), 3),
+        "train_seconds": round(clock.get("seconds", 0.0), 3),
+        "validation_seconds": round(clock.get("validation_seconds", 0.0), 3),
     } | ({"data_parallel": parallel} if parallel else {})
 
 

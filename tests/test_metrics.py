@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from recsys_models import metrics
 from recsys_models.data import EvalDataset, FeatureData, eval_loader
 from recsys_models.metrics import (
     KS,
@@ -264,3 +265,21 @@ def test_sampled_rank_counts_ties_against_and_ignores_padding():
     scores = torch.tensor([[9.0, 0.1, 0.5, 0.5, 0.9]])
     negatives = torch.tensor([[1, 3, 4, 0]])
     assert sampled_ranks(scores, torch.tensor([2]), negatives).tolist() == [3]
+
+
+@pytest.mark.parametrize("n_targets", [1, 3, 12])
+def test_rows_ranked_in_blocks_equal_rows_ranked_at_once(monkeypatch, n_targets):
+    # Blocks of 3 rows (BLOCK_SCORES scores each) over 10 users: seen items, ties, NaN and
+    # rows without targets land in different blocks, and nothing may change.
+    generator = torch.Generator().manual_seed(n_targets)
+    scores = torch.randint(0, 6, (10, 40), generator=generator).float()
+    scores[2, 5] = NAN
+    targets = torch.randint(0, 40, (10, n_targets), generator=generator)
+    targets[4] = 0
+    seen_rows = torch.randint(0, 10, (60,), generator=generator)
+    seen_cols = torch.randint(1, 40, (60,), generator=generator)
+    whole = target_positions(scores, targets, seen_rows, seen_cols)
+    monkeypatch.setattr(metrics, "BLOCK_SCORES", 3 * 40)
+    blocked = target_positions(scores, targets, seen_rows, seen_cols)
+    for a, b in zip(whole, blocked, strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True)

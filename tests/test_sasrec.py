@@ -295,3 +295,26 @@ def test_item_attributes_join_the_id_vector_on_input_and_output(synth_data, enco
     torch.testing.assert_close(model.score(torch.arange(2), history), want)
     without = module_file.restore(synth_data, module_file.Config(hidden=16, item_features=False))
     assert without.item_attributes is None and "item_attributes.ids" in model.state_dict()
+
+
+@pytest.mark.parametrize("encoder", ["sasrec", "gru4rec"])
+def test_the_item_table_is_kept_only_while_the_weights_cannot_change(synth_data, encoder):
+    # Built once per evaluation (recsys_models/item_table.py); training mode, a loaded state
+    # dict and a move each drop it, so scores always read the current weights.
+    module_file = sasrec if encoder == "sasrec" else gru4rec
+    config = module_file.Config(hidden=16, item_features=True)
+    model = module_file.restore(synth_data, config).eval()
+    table = model.item_table()
+    assert model.item_table() is table
+    other = module_file.restore(synth_data, config)
+    with torch.no_grad():
+        other.item_emb.weight.add_(1.0)
+    model.load_state_dict(other.state_dict())
+    torch.testing.assert_close(model.item_table(), other.item_embeddings())
+    for change in (lambda m: m.train().eval(), lambda m: m.double().float()):
+        table = model.item_table()
+        with torch.no_grad():
+            model.item_emb.weight.add_(1.0)
+        change(model)
+        torch.testing.assert_close(model.item_table(), model.item_embeddings())
+    assert not model.train().item_table().equal(table)  # training mode: never the cache

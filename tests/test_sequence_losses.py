@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys_models import gru4rec, sasrec, sequence_training
+from recsys_models import gru4rec, negative_logsumexp, sasrec, sequence_training
 from recsys_models.data import FeatureData, eval_loader
 from recsys_models.metrics import evaluate
 from tasks import export as export_stage
@@ -268,3 +268,50 @@ def test_loss_benchmark_writes_both_rows(tmp_path):
     assert [r["loss"] for r in result["rows"]] == ["ce", "sampled"]
     assert all(r["targets"] == 40 * 17 and r["epoch_s"] > 0 for r in result["rows"])
     assert "Full softmax / sampled softmax" in (tmp_path / "losses.md").read_text()
+
+
+def test_matching_pairs_are_exactly_the_candidates_equal_to_each_target():
+    generator = torch.Generator().manual_seed(3)
+    targets = torch.randint(1, 30, (500,), generator=generator)
+    candidates = torch.cat([torch.randint(1, 60, (40,), generator=generator), targets[:24]])
+    rows, columns = negative_logsumexp.matching_pairs(targets, candidates)
+    same = candidates.unsqueeze(0) == targets.unsqueeze(1)
+    assert len(rows) == int(same.sum()) > 0 and (rows[1:] >= rows[:-1]).all()
+    assert same[rows, columns].all()
+
+
+def test_negative_logsumexp_in_blocks_equals_the_whole_masked_matrix_and_its_gradient():
+    # More rows than one block, so the blocks' edges and the exclusions in each are exercised.
+    generator = torch.Generator().manual_seed(0)
+    rows = 2 * negative_logsumexp.ROWS_PER_BLOCK + 37
+    targets = torch.randint(1, 12, (rows,), generator=generator)
+    candidates = torch.cat([torch.randint(1, 40, (20,), generator=generator), targets[:12]])
+    excluded = negative_logsumexp.matching_pairs(targets, candidates)
+    hidden = torch.randn(rows, 8, generator=generator, dtype=torch.float64)
+    vectors = torch.randn(len(candidates), 8, generator=generator, dtype=torch.float64)
+    shift = torch.randn(len(candidates), generator=generator, dtype=torch.float64)
+    weights = torch.rand(rows, generator=generator, dtype=torch.float64)
+    slow = [t.clone().requires_grad_() for t in (hidden, vectors, shift)]
+    fast = [t.float().requires_grad_() for t in (hidden, vectors, shift)]
+    scores = slow[0] @ slow[1].T + slow[2]
+    same = candidates.unsqueeze(0) == targets.unsqueeze(1)
+    want = torch.logsumexp(scores.masked_fill(same, -torch.inf), dim=1)
+    got = negative_logsumexp.negative_logsumexp(*fast, excluded)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    (want * weights).sum().backward()
+    (got * weights.float()).sum().backward()
+    for reference, quick in zip(slow, fast, strict=True):
+        torch.testing.assert_close(quick.grad.double(), reference.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_a_position_without_negatives_adds_no_loss_and_no_nan():
+    # Row 0's target is every candidate: nothing competes with it.
+    targets, candidates = torch.tensor([5, 3]), torch.tensor([5, 5])
+    hidden = torch.randn(2, 4, requires_grad=True)
+    emb = torch.randn(6, 4)
+    loss = sequence_training.sampled_softmax(
+        hidden, emb[targets], emb[candidates], targets, candidates, torch.zeros(6)
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(hidden.grad).all()
+    assert (hidden.grad[0] == 0).all()

@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import polars as pl
+import psutil
 import pytest
 
 from deploy import service
@@ -573,3 +574,30 @@ def test_new_items_are_merged_by_id_and_refused_across_encoders(tmp_path: Path):
         write_new_items(
             tmp_path, items(["w"]), np.ones((1, 3), np.float32), {"weights_sha256": "b" * 64}
         )
+
+
+def test_several_worker_processes_answer_as_one(
+    exported: dict, sasrec_server: dict, tmp_path: Path
+):
+    users = list(sasrec_server["maps"].user_idx)[:20]
+    one = sasrec_server["client"]
+    want = {u: one.get(f"/recommend/{u}", params={"k": 5}).json()["items"] for u in users}
+    artifacts = fresh_artifacts(exported, tmp_path, "sasrec")
+    with server(artifacts, tmp_path / "serve.log", "--workers", "2") as client:
+        supervisor = next(
+            p for p in psutil.Process().children() if "deploy.service" in " ".join(p.cmdline())
+        )
+
+        def workers() -> list[psutil.Process]:
+            return [
+                p
+                for p in supervisor.children()
+                if "multiprocessing" in " ".join(p.cmdline())
+                and "resource_tracker" not in " ".join(p.cmdline())
+            ]
+
+        wait_for(lambda: len(workers()) == 2, seconds=60)
+        wait_for(lambda: client.get("/readyz").json()["ready"], seconds=60)
+        for user in users:  # a new connection each time: either process may answer
+            got = httpx.get(client.base_url.join(f"/recommend/{user}"), params={"k": 5}, timeout=30)
+            assert got.status_code == 200 and got.json()["items"] == want[user]

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,6 +85,9 @@ def test_gradient_model_trains_resumes_and_restarts_on_a_new_config(features: Pa
     curve = (out / "dvclive/plots/metrics/val/ndcg@10.tsv").read_text().splitlines()
     assert len(curve) == 1 + 2  # header, then one point per epoch across both runs
     assert second["train_seconds"] >= first["train_seconds"]
+    # validation's share is counted too, across the resume, and within the epochs' time
+    assert 0 < first["validation_seconds"] <= second["validation_seconds"]
+    assert second["validation_seconds"] < second["train_seconds"]
 
     # The best epoch's weights are what weights.pt holds and what metrics.json reports.
     data = feature_store.load_features(features)
@@ -232,3 +236,23 @@ def test_data_parallel_training_on_two_cpu_processes_agrees_with_one(
     assert "data_parallel" not in single
     assert parallel["epochs"] == single["epochs"] == 3
     assert parallel["ndcg@10"] == pytest.approx(single["ndcg@10"], abs=0.05)
+
+
+def test_validation_on_a_sample_of_users_is_seeded_and_leaves_training_alone(features: Path):
+    data = feature_store.load_features(features)
+    users = np.flatnonzero(data.val_target > 0)
+    assert train_stage.validation_sample(data, 0, 42) is data
+    assert train_stage.validation_sample(data, len(users), 42) is data
+    sample = train_stage.validation_sample(data, 10, 42)
+    kept = np.flatnonzero(sample.val_target > 0)
+    assert len(kept) == 10 and np.isin(kept, users).all()
+    assert (sample.val_target[kept] == data.val_target[kept]).all()
+    assert np.array_equal(
+        np.flatnonzero(train_stage.validation_sample(data, 10, 42).val_target), kept
+    )
+    assert not np.array_equal(
+        np.flatnonzero(train_stage.validation_sample(data, 10, 7).val_target), kept
+    )
+    assert sample.train_items is data.train_items and sample.test_target is data.test_target
+    for got, want in zip(sample.seen("test"), data.seen("test"), strict=True):
+        assert np.array_equal(got, want)
