@@ -270,11 +270,17 @@ def test_attribute_ids_list_each_items_genres_and_year_left_aligned():
     assert attribute_ids(np.zeros((4, 3)), np.zeros(4, dtype=np.int64)) is None
 
 
-@pytest.mark.parametrize("encoder", ["sasrec", "gru4rec"])
-def test_item_attributes_join_the_id_vector_on_input_and_output(synth_data, encoder):
+def with_attributes(data: FeatureData, encoder: str):
+    """(model file, Config, untrained model in eval mode) of a sequence encoder with item
+    attributes."""
     module_file = sasrec if encoder == "sasrec" else gru4rec
     config = module_file.Config(hidden=16, item_features=True)
-    model = module_file.restore(synth_data, config).eval()
+    return module_file, config, module_file.restore(data, config).eval()
+
+
+@pytest.mark.parametrize("encoder", ["sasrec", "gru4rec"])
+def test_item_attributes_join_the_id_vector_on_input_and_output(synth_data, encoder):
+    module_file, _, model = with_attributes(synth_data, encoder)
     table = model.item_embeddings()
     assert table.shape == (synth_data.n_items + 1, 16)
     assert torch.equal(table[0], torch.zeros(16))  # padding stays exactly zero
@@ -301,9 +307,7 @@ def test_item_attributes_join_the_id_vector_on_input_and_output(synth_data, enco
 def test_the_item_table_is_kept_only_while_the_weights_cannot_change(synth_data, encoder):
     # Built once per evaluation (recsys_models/item_table.py); training mode, a loaded state
     # dict and a move each drop it, so scores always read the current weights.
-    module_file = sasrec if encoder == "sasrec" else gru4rec
-    config = module_file.Config(hidden=16, item_features=True)
-    model = module_file.restore(synth_data, config).eval()
+    module_file, config, model = with_attributes(synth_data, encoder)
     table = model.item_table()
     assert model.item_table() is table
     other = module_file.restore(synth_data, config)

@@ -584,9 +584,8 @@ def test_several_worker_processes_answer_as_one(
     want = {u: one.get(f"/recommend/{u}", params={"k": 5}).json()["items"] for u in users}
     artifacts = fresh_artifacts(exported, tmp_path, "sasrec")
     with server(artifacts, tmp_path / "serve.log", "--workers", "2") as client:
-        supervisor = next(
-            p for p in psutil.Process().children() if "deploy.service" in " ".join(p.cmdline())
-        )
+        port = str(client.base_url.port)  # the module's other server is a child too
+        supervisor = next(p for p in psutil.Process().children() if port in p.cmdline())
 
         def workers() -> list[psutil.Process]:
             return [
