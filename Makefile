@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate tables serve bench-serve bench-scale bench-scale-pipeline bench-text bench-beauty prefect clean install-text
+.PHONY: venv data demo repro train flow test test-fast lint format bench bench-data bench-train bench-classic bench-eval bench-faults bench-gate tables serve bench-serve bench-scale bench-scale-pipeline bench-text bench-beauty bench-step prefect clean install-text
 
 venv: $(STAMP)
 
@@ -90,6 +90,10 @@ bench-train: data .venv-recbole/.installed
 
 # `recsys evaluate` on MovieLens-100K (every model `make train` trained) and on the synthetic
 # generator at 25M interactions: wall time and peak RSS (bench/results/eval.md).
+# One SASRec training step's pieces at MovieLens-25M's shape, each against what it replaced.
+bench-step: $(STAMP)
+	$(BIN)/python bench/bench_step.py
+
 bench-eval: train
 	$(BIN)/python bench/bench_eval.py
 

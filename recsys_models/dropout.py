@@ -1,8 +1,8 @@
 """Dropout whose random draw is one byte per element.
 
-torch's CPU dropout draws each element's Bernoulli variable on its own: 4.1 ms for SASRec's
-[128, 50, 64] activations on this 2-core machine, and a SASRec step has nine dropouts, 41 of its
-146 ms at MovieLens-25M's shape. Random 64-bit words cut into bytes cost 0.5 ms for the same mask.
+torch's CPU dropout draws each element's Bernoulli variable on its own: 4.0 ms for SASRec's
+[128, 50, 64] activations on this 2-core machine, and a SASRec step has nine dropouts. Random
+64-bit words cut into bytes cost 0.55 ms for the same dropout (bench/bench_step.py).
 The price is a drop probability rounded to a multiple of 1/256 (0.3 becomes 77/256 = 0.3008);
 the kept elements are scaled by the exact inverse of the keep rate, so the expectation is kept.
 """

@@ -20,7 +20,7 @@ KS = (5, 10, 20)
 DIRECT_COUNT_MAX_TARGETS = 8
 # Scores per block of rows in target_positions: 2 MiB of float32, within a core's L2 cache. Each
 # row is read by several elementwise passes; done a few rows at a time they hit the cache, not
-# memory (256 users x 59k items on 2 cores: 113 ms whole, 29 ms in blocks of 8 rows).
+# memory (bench/bench_step.py, 256 users x 59k items on 2 cores: 123 ms whole, 26 ms in blocks).
 BLOCK_SCORES = 1 << 19
 
 
@@ -139,14 +139,19 @@ def target_positions(
     rows = max(1, BLOCK_SCORES // max(scores.shape[1], 1))
     if len(scores) <= rows or scores.device.type != "cpu":  # a GPU has no use for small blocks
         return _block_positions(scores, targets, seen_rows, seen_cols)
-    has_seen = seen_rows is not None and seen_cols is not None
+    starts = range(0, len(scores), rows)
+    if seen_rows is not None and seen_cols is not None:
+        # Sorted by row once, so each block's seen pairs are one slice (not a scan of all).
+        order = torch.argsort(seen_rows, stable=True)
+        seen_rows, seen_cols = seen_rows[order], seen_cols[order]
+        edges = torch.searchsorted(seen_rows, torch.tensor([*starts, len(scores)])).tolist()
     blocks = []
-    for start in range(0, len(scores), rows):
+    for k, start in enumerate(starts):
         end = start + rows
         seen = (None, None)
-        if has_seen:
-            inside = (seen_rows >= start) & (seen_rows < end)
-            seen = (seen_rows[inside] - start, seen_cols[inside])
+        if seen_cols is not None and seen_rows is not None:
+            pairs = slice(edges[k], edges[k + 1])
+            seen = (seen_rows[pairs] - start, seen_cols[pairs])
         blocks.append(_block_positions(scores[start:end], targets[start:end], *seen))
     positions, beaten = zip(*blocks, strict=True)
     return torch.cat(positions), torch.cat(beaten)

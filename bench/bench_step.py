@@ -1,0 +1,165 @@
+"""The pieces of one SASRec training step at MovieLens-25M's shape, each against what it replaced.
+
+A batch of 128 full windows of 50 items, about 5,500 targets scored against 2,048 shared
+negatives over 58,986 items, hidden 64 (params.yaml's SASRec). Timed on random data, in this
+process, medians of --repeats calls after a warm-up:
+- the sampled softmax and its gradient: the whole [targets x negatives] matrix with the logQ
+  shift, mask and log-softmax (the loss before recsys_models/negative_logsumexp.py) against the
+  blocked one;
+- one dropout of [128, 50, 64]: torch's against recsys_models/dropout.py;
+- AdamW's step over the model (item table included): plain against fused;
+- the rank counting of one validation batch (256 users x 58,986 items, metrics.target_positions)
+  in one block against BLOCK_SCORES blocks;
+- the whole training step as the code stands (forward, backward, fused AdamW).
+Writes bench/results/step.json and step.md.
+
+    python bench/bench_step.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.common import machine, torch_info, write_results  # noqa: E402
+from recsys_models import metrics, sasrec, sequence_training  # noqa: E402
+from recsys_models.dropout import Dropout  # noqa: E402
+
+ITEMS, BATCH, LENGTH, NEGATIVES, HIDDEN, USERS = 58_986, 128, 50, 2048, 64, 256
+
+
+def median_ms(call, repeats: int) -> float:
+    for _ in range(3):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def whole_matrix_loss(hidden, target_vectors, candidate_vectors, targets, candidates, log_q):
+    """The sampled softmax as it was before the blocks: every pass over the full matrix."""
+    pos = (hidden * target_vectors).sum(-1) - log_q[targets]
+    neg = hidden @ candidate_vectors.T - log_q[candidates]
+    neg = neg.masked_fill(~sequence_training.negative_mask(targets, candidates), float("-inf"))
+    logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+
+    def row(piece: str, before: float | None, now: float) -> None:
+        rows.append({"piece": piece, "before_ms": before, "now_ms": now})
+        print(rows[-1], flush=True)
+
+    targets = torch.randint(1, ITEMS + 1, (5_500,))
+    candidates, log_q = sequence_training.sample_candidates(
+        targets, ITEMS, NEGATIVES, "mixed", generator
+    )
+    table = torch.randn(ITEMS + 1, HIDDEN) * HIDDEN**-0.5
+
+    def loss_step(loss) -> None:
+        hidden = torch.randn(len(targets), HIDDEN, requires_grad=True)
+        vectors = table[torch.cat([targets, candidates])].requires_grad_()
+        rows_ = (vectors[: len(targets)], vectors[len(targets) :], targets, candidates)
+        loss(hidden, *rows_, log_q).backward()
+
+    row(
+        "sampled softmax, forward and backward",
+        median_ms(lambda: loss_step(whole_matrix_loss), args.repeats),
+        median_ms(lambda: loss_step(sequence_training.sampled_softmax), args.repeats),
+    )
+    x = torch.randn(BATCH, LENGTH, HIDDEN)
+    row(
+        "one dropout (p 0.3)",
+        median_ms(lambda: F.dropout(x, 0.3, True), 5 * args.repeats),
+        median_ms(lambda: Dropout(0.3)(x), 5 * args.repeats),
+    )
+
+    config = sasrec.Config(loss="sampled")
+    model = sasrec.SASRec(ITEMS, LENGTH, HIDDEN, config.blocks, dropout=config.dropout)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    optimizers = [
+        torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), fused=fused)
+        for fused in (False, True)
+    ]
+    row(
+        "AdamW step (item table included)",
+        median_ms(optimizers[0].step, args.repeats),
+        median_ms(optimizers[1].step, args.repeats),
+    )
+
+    scores = torch.randn(USERS, ITEMS + 1)
+    wanted = torch.randint(1, ITEMS + 1, (USERS, 1))
+    seen_rows = torch.repeat_interleave(torch.arange(USERS), 150)
+    seen_cols = torch.randint(1, ITEMS + 1, (len(seen_rows),))
+
+    def rank() -> None:
+        metrics.target_positions(scores, wanted, seen_rows, seen_cols)
+
+    with mock.patch.object(metrics, "BLOCK_SCORES", scores.numel()):
+        whole = median_ms(rank, args.repeats)
+    row("rank counting, one validation batch", whole, median_ms(rank, args.repeats))
+
+    module = sequence_training.NextItemModule(model, ITEMS, config, seed=0)
+    optimizer = module.configure_optimizers()
+    inputs = torch.randint(1, ITEMS + 1, (BATCH, LENGTH))
+    window = torch.stack([inputs, torch.randint(1, ITEMS + 1, (BATCH, LENGTH))], dim=1)
+    window[:, 1, : LENGTH - 43] = 0  # about 43 targets a window, as at 25M (5,500 a batch)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        module.loss(window).backward()
+        optimizer.step()
+
+    module.train()
+    row("SASRec training step, as the code stands", None, median_ms(step, args.repeats))
+    result = {
+        "benchmark": "step",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{machine()}, {torch_info()}",
+        "shape": {"items": ITEMS, "batch": BATCH, "length": LENGTH, "negatives": NEGATIVES},
+        "rows": rows,
+    }
+    write_results(args.out, "step", result, markdown(result))
+
+
+def tables(r: dict) -> dict[str, str]:
+    lines = [
+        f"Machine: {r['machine']}; medians, milliseconds.",
+        "",
+        "| piece | before | now |",
+        "| --- | ---: | ---: |",
+    ]
+    for row in r["rows"]:
+        before = "-" if row["before_ms"] is None else row["before_ms"]
+        lines.append(f"| {row['piece']} | {before} | {row['now_ms']} |")
+    return {"pieces": "\n".join(lines)}
+
+
+def markdown(r: dict) -> str:
+    return "\n\n".join(tables(r).values()) + "\n"
+
+
+if __name__ == "__main__":
+    main()
