@@ -17,7 +17,10 @@ only a small size finishes in minutes; the defaults are that size, and the resul
 size ran. Writes bench/results/scale.json and scale.md.
 
     python bench/bench_scale.py                                  # small: minutes
-    python bench/bench_scale.py --items 1000000 --users 160000 --interactions 20000000
+    python bench/bench_scale.py --items 1000000 --users 160000 --interactions 20000000 \
+        --work /tmp/scale-1m                       # the folder kept, for:
+    python bench/bench_scale.py --items 1000000 --users 160000 --interactions 20000000 \
+        --work /tmp/scale-1m --serve-only          # serving measured again on its model
 
 --pipeline measures every pipeline stage instead, at the MovieLens-25M shape the issue names
 (users and items in its proportions, bench/bench_data.py sizes_for): synth (the raw file) ->
@@ -35,6 +38,11 @@ epoch under 10 minutes on 2 cores.
     python bench/bench_scale.py --pipeline --interactions 25000000 --work /tmp/scale-25m
     python bench/bench_scale.py --pipeline --interactions 25000000 --work /tmp/scale-25m \
         --stages evaluate export_sasrec        # rerun stages on that run's folder
+    python bench/bench_scale.py --pipeline --interactions 25000000 --work /tmp/scale-25m \
+        --stages train_sasrec --set train.precision=bf16-mixed   # a training setting's own row
+
+--set KEY=VALUE (params.yaml's dotted keys, repeatable) changes the training stages' params; their
+rows carry the settings and sit beside, not over, the rows trained on params.yaml's values.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -144,7 +153,20 @@ def main() -> None:
     parser.add_argument(
         "--work",
         type=Path,
-        help="--pipeline: the stages' folder, kept (default: a temporary one, removed)",
+        help="the stages' folder, kept (default: a temporary one, removed)",
+    )
+    parser.add_argument(
+        "--serve-only",
+        action="store_true",
+        help="measure serving again on the exported model in --work (no --pipeline)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--pipeline: a params.yaml value for the training stages (repeatable)",
     )
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--queries", type=int, default=300, help="users for recall and latency")
@@ -155,17 +177,35 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
-    if not args.pipeline and (args.stages or args.work):
-        parser.error("--stages and --work go with --pipeline")
+    if not args.pipeline and (args.stages or args.settings):
+        parser.error("--stages and --set go with --pipeline")
+    if args.serve_only and (args.pipeline or args.work is None):
+        parser.error("--serve-only needs the --work of an earlier run, without --pipeline")
+    if args.serve_only and not (args.work / "artifacts" / "bpr_mf").is_dir():
+        parser.error(f"--serve-only: no exported model in {args.work / 'artifacts' / 'bpr_mf'}")
+    try:
+        args.settings = dict(parse_setting(text) for text in args.settings)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.pipeline:
         bench_pipeline(args, parser)
         return
     args.items = 20_000 if args.items is None else args.items
     args.users = 5_000 if args.users is None else args.users
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+    earlier = args.out / "scale.json"
+    folder = (
+        contextlib.nullcontext(str(args.work))
+        if args.work
+        else tempfile.TemporaryDirectory(prefix="bench-scale-")
+    )
+    with folder as tmp:
         root = Path(tmp)
-        stages = run_stages(args, root)
+        if args.serve_only:
+            stages = earlier_stages(earlier, args)
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            stages = run_stages(args, root)
         folder = next((root / "artifacts" / "bpr_mf").iterdir())
         served = bench_served(folder, args.queries)
         promote(root / "artifacts", "bpr_mf", folder.name, "bench-scale")
@@ -188,6 +228,14 @@ def main() -> None:
     }
     write_results(args.out, "scale", result, markdown(result))
     print(markdown(result))
+
+
+def earlier_stages(path: Path, args: argparse.Namespace) -> list[dict]:
+    """--serve-only: the stage rows of the run that made the model, when `path` is that run (the
+    same size); none otherwise."""
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    size = {"items": args.items, "users": args.users, "interactions": args.interactions}
+    return earlier.get("stages", []) if earlier.get("size") == size else []
 
 
 def run_stages(args: argparse.Namespace, root: Path) -> list[dict]:
@@ -392,10 +440,21 @@ def run_pipeline(args: argparse.Namespace, work: Path, chosen: list[str]) -> lis
             row["status"] = "refused" if refused else "failed"
         elif kind == "train":
             row |= training_figures(work / "models" / model)
+        if kind == "train" and args.settings:
+            row["settings"] = args.settings
         status[name] = row["status"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """ "train.precision=bf16-mixed" -> ("train.precision", "bf16-mixed"), the value read as
+    YAML reads it (numbers, booleans)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE")
+    return key.strip(), yaml.safe_load(value)
 
 
 def pipeline_command(name: str, args: argparse.Namespace, work: Path, params: Path) -> list[str]:
@@ -409,7 +468,7 @@ def pipeline_command(name: str, args: argparse.Namespace, work: Path, params: Pa
     overrides = {}
     if kind == "train":
         overrides = {"train.max_epochs": args.epochs, "train.accelerator": "cpu"}
-        overrides |= TRAIN_SETTINGS.get(model, {})
+        overrides |= TRAIN_SETTINGS.get(model, {}) | args.settings
         code = (
             f"from tasks.train import train; train({model!r}, Path(p.features.out), "
             f"Path(p.train.out) / {model!r}, p)"
@@ -459,13 +518,20 @@ def merged(path: Path, rerun: dict) -> dict:
     earlier = json.loads(path.read_text()) if path.is_file() else {}
     if earlier.get("benchmark") != PIPELINE or earlier.get("size") != rerun["size"]:
         return rerun
-    rows = {row["stage"]: row for row in earlier["stages"] + rerun["stages"]}
+    rows = {row_key(row): row for row in earlier["stages"] + rerun["stages"]}
     done = {"date": rerun["date"], "stages": [row["stage"] for row in rerun["stages"]]}
     return earlier | {
         "features": rerun["features"] or earlier.get("features", {}),
-        "stages": [rows[name] for name in NEEDS if name in rows],
+        "stages": sorted(
+            rows.values(), key=lambda row: (list(NEEDS).index(row["stage"]), "settings" in row)
+        ),
         "reruns": [*earlier.get("reruns", []), done | {"load_avg_1m": rerun["load_avg_1m"]}],
     }
+
+
+def row_key(row: dict) -> tuple[str, str]:
+    """A stage and the settings it ran with: a rerun replaces the row of the same key only."""
+    return row["stage"], json.dumps(row.get("settings", {}), sort_keys=True)
 
 
 def pipeline_tables(r: dict) -> dict[str, str]:
@@ -496,6 +562,8 @@ def pipeline_tables(r: dict) -> dict[str, str]:
         if "val_ndcg@10" in s:
             fit = f"{s['epochs']} epoch(s)" if s["epochs"] else f"fit {s['train_s']} s"
             note = f"{fit}, val NDCG@10 {s['val_ndcg@10']}"
+        if s.get("settings"):
+            note = f"{settings_text(s)}; {note}"
         figures = [s.get("wall_s"), s.get("peak_rss_gib"), s.get("s_per_epoch")]
         cells = [s["stage"], s["status"], *("-" if v is None else str(v) for v in figures)]
         stages.append("| " + " | ".join([*cells, note.replace("|", "\\|")]) + " |")
@@ -505,7 +573,7 @@ def pipeline_tables(r: dict) -> dict[str, str]:
 def targets_table(stages: list[dict]) -> str:
     """The issue's targets beside what this run measured ("not measured" where a stage did not
     finish)."""
-    by_name = {s["stage"]: s for s in stages}
+    by_name = {s["stage"]: s for s in stages if not s.get("settings")}
     ran = [s for s in stages if s.get("peak_rss_gib") is not None]
     rows = []
     if ran:
@@ -523,23 +591,29 @@ def targets_table(stages: list[dict]) -> str:
         rows.append(
             (f"features under {TARGET_FEATURES_S} s", f"{wall} s", wall < TARGET_FEATURES_S)
         )
-    sasrec = by_name.get("train_sasrec", {})
-    if sasrec.get("s_per_epoch") is not None:
+    for sasrec in stages:
+        if sasrec["stage"] != "train_sasrec" or sasrec.get("s_per_epoch") is None:
+            continue
         epoch, validation = sasrec["s_per_epoch"], sasrec.get("validation_s")
         split = "training and its validation"
         if validation is not None:  # runs before validation_seconds was recorded have none
             per_epoch = validation / sasrec["epochs"]
             split = f"{epoch - per_epoch:.1f} s training pass + {per_epoch:.1f} s validation"
+        setting = f", {settings_text(sasrec)}" if sasrec.get("settings") else ", params.yaml"
         rows.append(
             (
                 f"one SASRec epoch (sampled softmax) under {TARGET_EPOCH_S // 60} min on 2 cores",
-                f"{epoch} s per epoch ({split})",
+                f"{epoch} s per epoch ({split}{setting})",
                 epoch < TARGET_EPOCH_S,
             )
         )
     lines = ["| target (issue 19) | measured | met |", "| --- | --- | --- |"]
     lines += [f"| {what} | {got} | {'yes' if ok else 'no'} |" for what, got, ok in rows]
     return "\n".join(lines)
+
+
+def settings_text(row: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in row["settings"].items())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ process, medians of --repeats calls after a warm-up:
 - AdamW's step over the model (item table included): plain against fused;
 - the rank counting of one validation batch (256 users x 58,986 items, metrics.target_positions)
   in one block against BLOCK_SCORES blocks;
-- the whole training step as the code stands (forward, backward, fused AdamW).
+- the whole training step as the code stands (forward, backward, fused AdamW), and that step in
+  float32 against bf16 autocast (train.precision: bf16-mixed, Lightning's CPU autocast); bf16 is
+  fast only on a CPU with native bf16 (AVX512-BF16 or AMX), which the results say.
 Writes bench/results/step.json and step.md.
 
     python bench/bench_step.py
@@ -49,6 +51,18 @@ def median_ms(call, repeats: int) -> float:
     return round(statistics.median(times), 2)
 
 
+def paired_ms(first, second, repeats: int) -> tuple[float, float]:
+    """Medians of two calls timed in turn, so that a shared machine's slow minutes fall on both."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for n in range(repeats + 3):
+        for call, kept in zip((first, second), times, strict=True):
+            start = time.perf_counter()
+            call()
+            if n >= 3:  # the first three of each warm up
+                kept.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times[0]), 2), round(statistics.median(times[1]), 2)
+
+
 def whole_matrix_loss(hidden, target_vectors, candidate_vectors, targets, candidates, log_q):
     """The sampled softmax as it was before the blocks: every pass over the full matrix."""
     pos = (hidden * target_vectors).sum(-1) - log_q[targets]
@@ -56,6 +70,13 @@ def whole_matrix_loss(hidden, target_vectors, candidate_vectors, targets, candid
     neg = neg.masked_fill(~sequence_training.negative_mask(targets, candidates), float("-inf"))
     logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
     return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def native_bf16() -> str:
+    """The CPU's bf16 instructions, as Linux lists them ("none" without)."""
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
+    found = sorted({flag for flag in flags if flag in ("avx512_bf16", "amx_bf16")})
+    return ", ".join(found) or "none"
 
 
 def main() -> None:
@@ -134,10 +155,19 @@ def main() -> None:
 
     module.train()
     row("SASRec training step, as the code stands", None, median_ms(step, args.repeats))
+
+    def step_bf16() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            step()
+
+    row(
+        "SASRec training step, float32 -> train.precision bf16-mixed",
+        *paired_ms(step, step_bf16, args.repeats),
+    )
     result = {
         "benchmark": "step",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{machine()}, {torch_info()}",
+        "machine": f"{machine()}, {torch_info()}, native bf16: {native_bf16()}",
         "shape": {"items": ITEMS, "batch": BATCH, "length": LENGTH, "negatives": NEGATIVES},
         "rows": rows,
     }

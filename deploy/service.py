@@ -52,7 +52,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
-import h11
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
@@ -68,8 +67,9 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from deploy import schemas
 from tasks.artifact_store import (
@@ -380,11 +380,45 @@ class BodyLimit:
         return HTTPException(413, f"request body too large: at most {self.max_bytes} bytes")
 
 
-class HeaderTimeoutH11(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's headers.
+class CountRequests:
+    """Counts and times every request by route template, method and status (/metrics), and
+    sets the API pages' Content-Security-Policy on every answer.
+
+    A plain ASGI layer: Starlette's @app.middleware("http") wraps each request and response in
+    extra tasks and streams, which on a 2-core machine cost more CPU than the ANN search itself
+    (bench/bench_scale.py).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client gets when the app raises before answering
+
+        async def send_with_policy(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["Content-Security-Policy"] = DOCS_POLICY
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_policy)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+class HeaderTimeoutHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol (its C parser) with a deadline for each request's headers.
 
     uvicorn closes a connection left idle after a response (timeout_keep_alive), but it has
-    no header timeout (checked in 0.54): a connection that sends nothing, or trickles a
+    no header timeout (checked in 0.55): a connection that sends nothing, or trickles a
     request's headers a byte at a time (slowloris), holds its socket for ever. Here a timer
     starts when the connection opens, and with the first byte of each later request, and
     closes the connection if the request's headers are still incomplete when it fires.
@@ -393,17 +427,21 @@ class HeaderTimeoutH11(H11Protocol):
 
     header_timeout: float = HEADER_TIMEOUT_S
     _header_timer: asyncio.TimerHandle | None = None
+    _awaiting_headers = True
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_header_timer()
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.conn.their_state is h11.IDLE:  # still waiting for (the rest of) the headers
-            self._arm_header_timer()
-        else:
-            self._cancel_header_timer()
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_headers = True
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_headers = False
+        self._cancel_header_timer()
+        super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
@@ -421,7 +459,7 @@ class HeaderTimeoutH11(H11Protocol):
 
     def _headers_late(self) -> None:
         self._header_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self._awaiting_headers and not self.transport.is_closing():
             log.debug(
                 "closing %s: no complete request headers in %s s", self.client, self.header_timeout
             )
@@ -469,8 +507,9 @@ def create_app(
     )
     app.state.champion = champion
     new_items = NewItemsFile(Path(artifacts))
-    # added before `count`, so it runs inside it: the 413s are counted too
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    # added after BodyLimit, so it runs outside it: the 413s are counted too
+    app.add_middleware(CountRequests, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -478,21 +517,6 @@ def create_app(
         Python's parser takes NaN and Infinity; echoing one back in the error made FastAPI's
         own handler fail (strict JSON has no inf), turning a bad request into a 500."""
         return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
-
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            response.headers["Content-Security-Policy"] = DOCS_POLICY
-            return response
-        finally:
-            route = request.scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            metrics.requests.labels(endpoint, request.method, str(status)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
     def serving() -> ServedModel:
         model = champion.current
@@ -506,14 +530,14 @@ def create_app(
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from exc
 
-    def answer(model: ServedModel, rec: Recommendation, **extra: Any) -> dict[str, Any]:
+    def answer(model: ServedModel, rec: Recommendation, **extra: Any) -> JSONResponse:
         if rec.fallback:
             metrics.fallbacks.labels(reason=rec.reason or "").inc()
         body = {"model": model.name, "version": model.version, **extra, "fallback": rec.fallback}
         body["score_scale"] = "popularity" if rec.fallback else "model"
         if rec.reason:
             body["reason"] = rec.reason
-        return body | {"items": rec.items}
+        return JSONResponse(body | {"items": rec.items})
 
     def popular(model: ServedModel, k: int, exclude: np.ndarray, genres, reason: str):
         items = model.top_k(model.popularity, k, exclude, *genres)
@@ -527,12 +551,12 @@ def create_app(
         response_model_exclude_none=True,
         responses=schemas.problems(400, 503),
     )
-    def recommend_user(
+    async def recommend_user(
         user_id: str,
         k: K = 10,
         include_genres: Genres = None,
         exclude_genres: Genres = None,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """The user's training history (original user id) drives the champion; the k best
         unseen items that pass the genre filters. An unknown user gets the popular items
         (`fallback: true`, reason `unknown user`)."""
@@ -554,7 +578,7 @@ def create_app(
         response_model_exclude_none=True,
         responses=schemas.problems(400, 413, 503),
     )
-    def recommend_items(body: RecommendBody) -> dict[str, Any]:
+    async def recommend_items(body: RecommendBody) -> JSONResponse:
         """A session or an anonymous user: the items sent (oldest first) are the history.
         An empty history, or a model that scores only the users it was trained on, gets the
         popular items (`fallback: true` with the reason)."""
@@ -586,7 +610,7 @@ def create_app(
         response_model=schemas.SimilarItems,
         responses=schemas.problems(404, 503),
     )
-    def similar(item_id: str, k: K = 10) -> dict[str, Any]:
+    async def similar(item_id: str, k: K = 10) -> JSONResponse:
         """The k items nearest to the item (original id), the item itself excluded: item-kNN
         by its neighbour lists, models with item vectors by cosine, other history models by
         their scores for that item alone; a 404 for models with no notion of it."""
@@ -594,7 +618,7 @@ def create_app(
         body = {"model": model.name, "version": model.version, "item_id": item_id}
         idx = model.item_index.get(item_id)
         if idx is None:
-            return body | similar_new_item(model, item_id, k)
+            return JSONResponse(body | similar_new_item(model, item_id, k))
         if model.similar_by is None:
             raise HTTPException(
                 404,
@@ -603,7 +627,9 @@ def create_app(
             )
         items = model.similar(idx, k)
         scale = "model" if model.similar_by == "one_item_history" else "cosine"
-        return body | {"score_scale": scale, "similar_by": model.similar_by, "items": items}
+        return JSONResponse(
+            body | {"score_scale": scale, "similar_by": model.similar_by, "items": items}
+        )
 
     def similar_new_item(model: ServedModel, item_id: str, k: int) -> dict[str, Any]:
         """An item added after export (`recsys embed-items`): the catalogue by text."""
@@ -683,7 +709,7 @@ def app_from_environment() -> FastAPI:
     and imports this factory, so main() hands its options over in the environment."""
     options = json.loads(os.environ[OPTIONS_ENV])
     logging.basicConfig(level=options.pop("log_level").upper(), format=LOG_FORMAT)
-    HeaderTimeoutH11.header_timeout = options.pop("header_timeout")
+    HeaderTimeoutHttpTools.header_timeout = options.pop("header_timeout")
     return create_app(**options)
 
 
@@ -724,13 +750,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    HeaderTimeoutH11.header_timeout = args.header_timeout
+    HeaderTimeoutHttpTools.header_timeout = args.header_timeout
     served = dict(
         host=args.host,
         port=args.port,
         log_level=args.log_level,
         access_log=False,
-        http=HeaderTimeoutH11,
+        http=HeaderTimeoutHttpTools,
         timeout_keep_alive=args.keep_alive_timeout,
         limit_concurrency=args.limit_concurrency,
     )

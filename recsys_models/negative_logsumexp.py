@@ -32,44 +32,51 @@ def matching_pairs(targets: torch.Tensor, candidates: torch.Tensor) -> torch.Ten
 
 class _NegativeLogSumExp(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, vectors, shift, excluded):
+    def forward(ctx, hidden, vectors, shift, excluded, dtype):
         out = hidden.new_empty(len(hidden))
-        for rows, scores in _blocks(hidden, vectors, shift, excluded):
+        for rows, scores in _blocks(hidden, vectors, shift, excluded, dtype):
             out[rows] = torch.logsumexp(scores, dim=1)
         ctx.save_for_backward(hidden, vectors, shift, excluded, out)
+        ctx.dtype = dtype
         return out
 
     @staticmethod
     def backward(ctx, grad):
         with torch.autocast(grad.device.type, enabled=False):
-            return _NegativeLogSumExp.gradients(grad, *ctx.saved_tensors)
+            return _NegativeLogSumExp.gradients(grad, *ctx.saved_tensors, ctx.dtype)
 
     @staticmethod
-    def gradients(grad, hidden, vectors, shift, excluded, out):
+    def gradients(grad, hidden, vectors, shift, excluded, out, dtype):
         # A row whose candidates are all excluded has out = -inf and no gradient: shifting its
         # -inf scores by 0 instead keeps exp() at 0 rather than NaN.
         out = torch.where(torch.isfinite(out), out, torch.zeros_like(out))
         grad_hidden = torch.empty_like(hidden)
         grad_vectors, grad_shift = torch.zeros_like(vectors), torch.zeros_like(shift)
-        for rows, scores in _blocks(hidden, vectors, shift, excluded):
+        hidden_p, vectors_p = hidden.to(dtype), vectors.to(dtype)
+        for rows, scores in _blocks(hidden, vectors, shift, excluded, dtype):
             # d logsumexp / d score = softmax: exp(score - out), times the incoming gradient.
             weights = scores.sub_(out[rows, None]).exp_().mul_(grad[rows, None])
-            grad_hidden[rows] = weights @ vectors
-            grad_vectors.addmm_(weights.T, hidden[rows])
             grad_shift += weights.sum(0)
-        return grad_hidden, grad_vectors, grad_shift, None
+            weights = weights.to(dtype)
+            grad_hidden[rows] = weights @ vectors_p
+            grad_vectors += weights.T @ hidden_p[rows]
+        return grad_hidden, grad_vectors, grad_shift, None, None
 
 
-def _blocks(hidden, vectors, shift, excluded):
-    """(row slice, [rows, N] scores hidden . vectors + shift with the excluded pairs at -inf)."""
-    transposed = vectors.T.contiguous()
+def _blocks(hidden, vectors, shift, excluded, dtype):
+    """(row slice, [rows, N] float32 scores hidden . vectors + shift with the excluded pairs at
+    -inf), the product in `dtype`."""
+    hidden, transposed = hidden.to(dtype), vectors.T.to(dtype).contiguous()
     starts = range(0, len(hidden), ROWS_PER_BLOCK)
     edges = torch.searchsorted(
         excluded[0].contiguous(), torch.tensor([*starts, len(hidden)], device=hidden.device)
     ).tolist()
     for k, start in enumerate(starts):
         rows = slice(start, start + ROWS_PER_BLOCK)
-        scores = torch.addmm(shift.unsqueeze(0), hidden[rows], transposed)
+        if dtype == torch.float32:
+            scores = torch.addmm(shift.unsqueeze(0), hidden[rows], transposed)
+        else:
+            scores = torch.mm(hidden[rows], transposed).float().add_(shift)
         pairs = excluded[:, edges[k] : edges[k + 1]]
         scores[pairs[0] - start, pairs[1]] = float("-inf")
         yield rows, scores
@@ -80,7 +87,14 @@ def negative_logsumexp(
 ) -> torch.Tensor:
     """[P]: log sum over j of exp(hidden[i] . vectors[j] + shift[j]), skipping the (i, j) pairs
     in `excluded` ([2, M], rows ascending: matching_pairs). hidden [P, H], vectors [N, H], shift
-    [N]; differentiable in all three. Float32 whatever autocast says, so the forward pass and
-    the backward one (which makes the scores again) agree."""
-    with torch.autocast(hidden.device.type, enabled=False):
-        return _NegativeLogSumExp.apply(hidden.float(), vectors.float(), shift.float(), excluded)
+    [N]; differentiable in all three. Where autocast is on (train.precision bf16-mixed), the
+    products read and return its dtype, as autocast's own matmul does, in the forward pass and
+    in the backward one alike (which makes the scores again): on a CPU with native bf16, a third
+    of float32's time (bench/bench_step.py). The exponentials, sums and gradients stay float32.
+    """
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+    with torch.autocast(device, enabled=False):
+        return _NegativeLogSumExp.apply(
+            hidden.float(), vectors.float(), shift.float(), excluded, dtype
+        )

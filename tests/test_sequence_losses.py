@@ -315,3 +315,34 @@ def test_a_position_without_negatives_adds_no_loss_and_no_nan():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(hidden.grad).all()
     assert (hidden.grad[0] == 0).all()
+
+
+def test_negative_logsumexp_under_bf16_autocast_takes_bf16_products_and_float32_sums():
+    # bf16-mixed precision (train.precision): the products read and return bf16, as autocast's
+    # matmul does; the sums and gradients stay float32, within bf16's rounding of the exact ones.
+    generator = torch.Generator().manual_seed(1)
+    rows = negative_logsumexp.ROWS_PER_BLOCK + 11
+    targets = torch.randint(1, 30, (rows,), generator=generator)
+    candidates = torch.randint(1, 30, (64,), generator=generator)
+    excluded = negative_logsumexp.matching_pairs(targets, candidates)
+    inputs = [
+        torch.randn(rows, 16, generator=generator, requires_grad=True),
+        torch.randn(len(candidates), 16, generator=generator, requires_grad=True),
+        torch.randn(len(candidates), generator=generator, requires_grad=True),
+    ]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = negative_logsumexp.negative_logsumexp(*inputs, excluded)
+    plain = negative_logsumexp.negative_logsumexp(*inputs, excluded)
+    exact_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    scores = exact_inputs[0] @ exact_inputs[1].T
+    same = candidates.unsqueeze(0) == targets.unsqueeze(1)
+    want = torch.logsumexp((scores + exact_inputs[2]).masked_fill(same, -torch.inf), dim=1)
+    # Half a bf16 step of the largest product bounds each score's rounding, and so the sum's.
+    bound = scores.abs().max().item() * 2**-8
+    assert got.dtype == torch.float32
+    assert (got.double() - want).abs().max() <= bound
+    assert not torch.equal(got, plain)  # the products did run in bf16
+    got.sum().backward()
+    want.sum().backward()
+    for quick, exact in zip(inputs, exact_inputs, strict=True):
+        torch.testing.assert_close(quick.grad.double(), exact.grad, rtol=5e-2, atol=5e-2)

@@ -132,11 +132,19 @@ def test_false_negatives_are_masked_but_never_the_positive():
     assert torch.isclose(loss, torch.tensor(0.0), atol=1e-6)
 
 
-def test_items_in_history_per_row(data):
+def test_items_in_history_per_row():
     history = torch.tensor([[0, 3, 4], [0, 0, 5]])
     candidates = torch.tensor([7, 4, 5, 3])
-    mask = two_tower.items_in_history(history, candidates, data.n_items + 1)
+    mask = two_tower.items_in_history(history, candidates)
     assert mask.tolist() == [[False, True, False, True], [False, False, True, False]]
+
+
+def test_items_in_history_equals_the_broadcast_compare_with_repeats_and_padding():
+    generator = torch.Generator().manual_seed(0)
+    history = torch.randint(0, 30, (64, 20), generator=generator)  # 0: padding, items repeat
+    candidates = torch.randint(1, 30, (80,), generator=generator)  # a candidate can repeat too
+    want = (history.unsqueeze(2) == candidates.view(1, 1, -1)).any(dim=1)
+    assert torch.equal(two_tower.items_in_history(history, candidates), want)
 
 
 def train(data: FeatureData, config: two_tower.Config, epochs: int):
