@@ -385,8 +385,8 @@ class CountRequests:
     sets the API pages' Content-Security-Policy on every answer.
 
     A plain ASGI layer: Starlette's @app.middleware("http") wraps each request and response in
-    extra tasks and streams, which on a 2-core machine cost more CPU than the ANN search itself
-    (bench/bench_scale.py).
+    extra tasks and memory streams, work that every request pays for on a process that answers
+    on one core at a time.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
