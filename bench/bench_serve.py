@@ -7,7 +7,7 @@
    machine whose cores are busy with other work, torch's extra threads can cost far more than
    they give, which the two rows show).
 2. End to end: `python -m deploy.service` in its own process on loopback, and a closed-loop load
-   generator (bench/loadgen.c, compiled with the machine's cc at the first use; wrk and locust
+   generator (bench/loadgen.c, compiled with the machine's cc for each measurement; wrk and locust
    are not installed here): one persistent keep-alive connection per concurrent client, sending
    GET /recommend/{user_id}?k=10 for known users in turn, at each concurrency level: latency
    p50/p99 and requests per second. Client and server share the machine's cores; the compiled
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import http.client
 import os
 import shutil
@@ -197,8 +196,9 @@ def load(port: int, users: list[str], clients: int, seconds: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
         paths = Path(tmp) / "paths.txt"
         paths.write_text("".join(f"/recommend/{quote(user)}?k=10\n" for user in users))
-        command = [str(loadgen()), str(port), str(seconds), str(clients), str(paths)]
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        command = [str(compile_loadgen(Path(tmp))), str(port), str(seconds), str(clients)]
+        out = subprocess.run([*command, str(paths)], capture_output=True, text=True, check=True)
+    out = out.stdout
     head, *lines = out.splitlines()
     requests, errors, wall = head.split()
     times = np.asarray(lines, dtype=np.float64) / 1000
@@ -213,13 +213,12 @@ def load(port: int, users: list[str], clients: int, seconds: float) -> dict:
     }
 
 
-@functools.cache
-def loadgen() -> Path:
-    """bench/loadgen.c compiled once per run into a temporary folder."""
+def compile_loadgen(folder: Path) -> Path:
+    """bench/loadgen.c compiled into `folder` (a fraction of a second)."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise SystemExit("error: the HTTP load needs a C compiler (cc) for bench/loadgen.c")
-    binary = Path(tempfile.mkdtemp(prefix="loadgen-bin-")) / "loadgen"
+    binary = folder / "loadgen"
     source = ROOT / "bench" / "loadgen.c"
     subprocess.run([compiler, "-O2", "-pthread", "-o", str(binary), str(source)], check=True)
     return binary

@@ -10,6 +10,9 @@ process, medians of --repeats calls after a warm-up:
 - AdamW's step over the model (item table included): plain against fused;
 - the rank counting of one validation batch (256 users x 58,986 items, metrics.target_positions)
   in one block against BLOCK_SCORES blocks;
+- the sampled softmax alone in float32 against bf16 autocast (its products in bf16);
+- the two-tower's step at that shape with the history mask of before (a sort-based isin)
+  against two_tower.items_in_history's sorted lookup;
 - the whole training step as the code stands (forward, backward, fused AdamW), and that step in
   float32 against bf16 autocast (train.precision: bf16-mixed, Lightning's CPU autocast); bf16 is
   fast only on a CPU with native bf16 (AVX512-BF16 or AMX), which the results say.
@@ -26,15 +29,17 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import machine, torch_info, write_results  # noqa: E402
-from recsys_models import metrics, sasrec, sequence_training  # noqa: E402
+from recsys_models import metrics, sasrec, sequence_training, two_tower  # noqa: E402
 from recsys_models.dropout import Dropout  # noqa: E402
 
 ITEMS, BATCH, LENGTH, NEGATIVES, HIDDEN, USERS = 58_986, 128, 50, 2048, 64, 256
@@ -61,6 +66,48 @@ def paired_ms(first, second, repeats: int) -> tuple[float, float]:
             if n >= 3:  # the first three of each warm up
                 kept.append((time.perf_counter() - start) * 1000)
     return round(statistics.median(times[0]), 2), round(statistics.median(times[1]), 2)
+
+
+def isin_mask(history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """The two-tower's history mask as it was before two_tower.items_in_history's sorted lookup:
+    one sort-based isin over every (row, candidate) key."""
+    rows = torch.arange(history.shape[0]).unsqueeze(1)
+    seen = (rows * (ITEMS + 1) + history)[history > 0]
+    return torch.isin(rows * (ITEMS + 1) + candidates.unsqueeze(0), seen)
+
+
+def two_tower_steps(repeats: int) -> tuple[float, float]:
+    """One two-tower step at MovieLens-25M's shape (params.yaml's tower, batch 512, 20-item
+    histories, no item attributes), with the old mask and with the current one, in turn."""
+    data = SimpleNamespace(
+        n_items=ITEMS,
+        item_genres=np.zeros((ITEMS + 1, 1), np.float32),
+        item_year_bucket=np.zeros(ITEMS + 1, np.int64),
+        item_text=None,
+        item_text_mask=None,
+        item_popularity=np.ones(ITEMS + 1),
+        user_features=None,
+    )
+    config = two_tower.Config(item_features=False)
+    module = two_tower.TwoTowerModule(two_tower.TwoTower(data, config), data, config).train()
+    optimizer = module.configure_optimizers()
+    size = config.batch_size
+    batch = {
+        "user": torch.randint(0, 162_540, (size,)),
+        "history": torch.randint(1, ITEMS + 1, (size, config.history_len)),
+        "target": torch.randint(1, ITEMS + 1, (size,)),
+    }
+
+    def step() -> None:
+        optimizer.zero_grad()
+        module.loss(batch).backward()
+        optimizer.step()
+
+    def step_with_isin() -> None:
+        with mock.patch.object(two_tower, "items_in_history", isin_mask):
+            step()
+
+    return paired_ms(step_with_isin, step, repeats)
 
 
 def whole_matrix_loss(hidden, target_vectors, candidate_vectors, targets, candidates, log_q):
@@ -108,6 +155,17 @@ def main() -> None:
         "sampled softmax, forward and backward",
         median_ms(lambda: loss_step(whole_matrix_loss), args.repeats),
         median_ms(lambda: loss_step(sequence_training.sampled_softmax), args.repeats),
+    )
+
+    def loss_step_bf16() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_step(sequence_training.sampled_softmax)
+
+    row(
+        "sampled softmax, float32 -> bf16 autocast",
+        *paired_ms(
+            lambda: loss_step(sequence_training.sampled_softmax), loss_step_bf16, args.repeats
+        ),
     )
     x = torch.randn(BATCH, LENGTH, HIDDEN)
     row(
@@ -164,6 +222,7 @@ def main() -> None:
         "SASRec training step, float32 -> train.precision bf16-mixed",
         *paired_ms(step, step_bf16, args.repeats),
     )
+    row("two-tower training step, isin mask -> sorted lookup", *two_tower_steps(args.repeats))
     result = {
         "benchmark": "step",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -198,7 +198,7 @@ def sampled_softmax_loss(
 def items_in_history(history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """[B, C]: candidate j occurs in row i of history. Each history item is looked up among the
     sorted candidates (matching_pairs), O(B*L log C): a sort-based isin over the B*C (row, item)
-    keys took 40% of a step at MovieLens-25M's shape (docs/benchmarks.md)."""
+    keys took about 40% of a step at MovieLens-25M's shape (bench/bench_step.py)."""
     rows, columns = matching_pairs(history.reshape(-1), candidates)
     found = torch.zeros(len(history), len(candidates), dtype=torch.bool, device=history.device)
     found[rows // history.shape[1], columns] = True
